@@ -1,0 +1,5 @@
+import sys
+
+from epg.cli import main
+
+sys.exit(main())

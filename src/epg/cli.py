@@ -1,0 +1,139 @@
+"""`epg` command line: presets, config, pretrain, finetune, sample, evaluate, prepare, plot, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from epg.config import ConfigError, all_keys
+from epg.presets import PRESETS, get_preset
+
+
+def parse_overrides(rest: list[str]) -> dict[str, str]:
+    """`--optim.lr 3e-4 --steps=100` → {"optim.lr": "3e-4", "steps": "100"}."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"unexpected argument {tok!r}: overrides look like --key value")
+        key = tok[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            if i + 1 >= len(rest):
+                raise ConfigError(f"--{key} needs a value")
+            i += 1
+            value = rest[i]
+        out[key] = value
+        i += 1
+    return out
+
+
+def _train_config(args: argparse.Namespace, rest: list[str], stage: str):
+    overrides = parse_overrides(rest)
+    if getattr(args, "data", None):
+        overrides["data.source"] = args.data
+    if getattr(args, "init", None):
+        overrides["train.init_from"] = args.init
+    return get_preset(args.preset, stage, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from epg.engine.hooks import default_hooks
+    from epg.engine.trainer import Trainer
+
+    stage = "pretrain" if args.command == "pretrain" else args.objective
+    cfg = _train_config(args, args.rest, stage)
+    run_dir = Path(args.run_dir or f"runs/{cfg.preset}-{stage}")
+    trainer = Trainer(cfg, run_dir)
+    result = trainer.fit(default_hooks(cfg))
+    if trainer.env.is_main:
+        print(f"epg: {stage} stopped at step {result.step}; checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    import torch
+
+    from epg.nn import build_generator, build_rcm, compute_of
+
+    print(f"{'preset':<18} {'stage':<12} {'res':>4} {'tokens':>6} {'params':>10} {'GFLOPs':>8}")
+    for name in PRESETS:
+        cfg = get_preset(name)
+        with torch.device("meta"):
+            net = build_rcm(cfg.model) if cfg.stage == "pretrain" else build_generator(cfg.model)
+        params = sum(p.numel() for p in net.parameters()) / 1e6
+        tokens = (cfg.model.img_size // cfg.model.patch) ** 2 + 2
+        gflops = compute_of(cfg.model, cfg.stage).paper_gflops
+        print(f"{name:<18} {cfg.stage:<12} {cfg.model.img_size:>4} {tokens:>6} {params:>9.1f}M {gflops:>8.1f}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = get_preset(args.preset, args.stage, parse_overrides(args.rest))
+    for key, value in all_keys(cfg).items():
+        print(f"{key} = {value!r}")
+    return 0
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from epg.data import DataError
+    from epg.engine.checkpoint import CheckpointError
+    from epg.engine.trainer import NonFiniteLossError
+    from epg.metrics import MetricsError
+
+    return ConfigError, CheckpointError, DataError, MetricsError, NonFiniteLossError, FileNotFoundError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="epg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("presets", help="list presets with parameters and GFLOPs").set_defaults(func=cmd_presets)
+    p = sub.add_parser("config", help="print every config key of a preset (with overrides applied)")
+    p.add_argument("--preset", default="fmnist-tiny")
+    p.add_argument("--stage", default=None)
+    p.set_defaults(func=cmd_config)
+    for name in ("pretrain", "finetune"):
+        p = sub.add_parser(name, help=f"stage {'1' if name == 'pretrain' else '2'} training; "
+                                      "any config key can follow as --key value")
+        p.add_argument("--preset", required=True)
+        p.add_argument("--data", help="dataset: fmnist, a packed dir, an image folder or an .npz")
+        p.add_argument("--run-dir", help="where checkpoints and logs go (rerun the command to resume)")
+        if name == "finetune":
+            p.add_argument("--objective", choices=("diffusion", "consistency"), default="diffusion")
+            p.add_argument("--init", help="stage-1 checkpoint (or run dir); omit for a random encoder")
+        p.set_defaults(func=cmd_train)
+    from epg.data.cli import add_parser as add_prepare
+    from epg.engine.plot import add_parser as add_plot
+    from epg.generate_cli import add_parser as add_sample
+    from epg.metrics.cli import add_parser as add_evaluate
+
+    for add in (add_sample, add_evaluate, add_prepare, add_plot):
+        add(sub)
+    from epg.demo import add_parser as add_demo
+
+    add_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    takes_overrides = args.func in (cmd_train, cmd_config) or getattr(args, "takes_overrides", False)
+    if rest and not takes_overrides:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    try:
+        return int(args.func(args) or 0)
+    except _known_errors() as e:
+        print(f"epg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("epg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The run configuration: dataclasses, command-line overrides with suggestions, JSON round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("pretrain", "diffusion", "consistency")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (unknown key, bad value)."""
+
+
+@dataclass
+class ModelConfig:
+    img_size: int = 32
+    channels: int = 1
+    patch: int = 4
+    enc_depth: int = 4
+    enc_width: int = 128
+    enc_heads: int = 4
+    dec_width: int = 128  # the decoder has the encoder's depth (METHOD.md §2)
+    dec_heads: int = 4
+    num_classes: int = 10  # 0 = unconditional
+    dropout: float = 0.0  # decoder attention-output dropout (CM)
+    proj_hidden: int = 4096
+    proj_out: int = 256
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class NoiseSettings:
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    sigma_data: float = 0.5
+    shift: float = 0.0  # 0 = H/64 (METHOD.md §1)
+    normalization: str = "minus_one"  # or "imagenet"
+
+
+@dataclass
+class DataConfig:
+    source: str = "fmnist"  # fmnist | packed dir | image folder | .npz
+    split: str = "train"
+    eval_source: str = ""  # held-out data for k-NN / FID; "" = same source
+    eval_split: str = "test"
+    workers: int = 2
+    hflip: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    wd_exclude: str = "pos_cls"  # "none": decay every parameter (stage 1)
+    warmup_steps: int = 10_000
+    schedule: str = "cosine"  # cosine | steps | constant
+    milestones: tuple[int, ...] = ()  # for "steps": lr × factors[i] from milestones[i]
+    factors: tuple[float, ...] = ()
+    grad_clip: float = 0.0  # 0 = off; applied after warm-up
+    ema: float = 0.9999  # 0 = no EMA
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    global_batch: int = 64
+    micro_batch: int = 0  # per-process batch per forward; 0 = global_batch / world_size
+    seed: int = 0
+    precision: str = "bf16"  # bf16 | fp16 | fp32
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = False
+    init_from: str = ""  # stage-1 checkpoint for stage 2; "" = random encoder (scratch)
+    ckpt_every: int = 500
+    keep_last: int = 2
+    keep_every: int = 0  # also keep every M-th step's checkpoint; 0 = none
+    log_every: int = 50
+    sample_every: int = 0
+    fid_every: int = 0
+    fid_num: int = 500
+    knn_every: int = 0
+    nonfinite: str = "stop"  # stop | skip
+    device: str = "auto"
+
+
+@dataclass
+class PretrainConfig:
+    tau_c: float = 0.2
+    tau1: float = 0.1
+    tau2_schedule: str = "cosine"  # cosine | constant
+    tau2_constant: float = 0.1
+    teacher_momentum: float = 0.99
+    per_sample_index: bool = False
+    consistency_features: str = "cls"  # cls | projector
+    s0: int = 20
+    s1: int = 1280
+    blur_p1: float = 1.0
+    blur_p2: float = 0.1
+    solarize_p2: float = 0.2
+    crop_min_scale: float = 0.08
+
+
+@dataclass
+class DiffusionConfig:
+    p_mean: float = -1.2
+    p_std: float = 1.6
+    grid_points: int = 1280
+    weighting: str = "grid"  # grid | edm
+    label_dropout: float = 0.1
+
+
+@dataclass
+class ConsistencyConfig:
+    p_mean: float = -0.4
+    p_std: float = 1.6
+    q: float = 2.0
+    k: float = 8.0
+    b: float = 1.0
+    stage_length: int = 100_000
+    huber_c: float = 0.06
+    aux_weight: float = 1.0
+    aux_tau: float = 0.1
+    aux_features: str = "projector"  # projector | cls
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "heun"  # heun | euler | stochastic | consistency
+    steps: int = 32
+    grid: str = "edm"  # edm (final step to σ=0) | official
+    cfg_scale: float = 1.0
+    interval_lo: float = 0.19
+    interval_hi: float = 1.61
+    cm_sigmas: tuple[float, ...] = ()  # intermediate (unshifted) σ for multistep consistency sampling
+    labels: str = "balanced"  # balanced | frequency
+    seed: int = 0
+    use_ema: bool = True
+
+
+@dataclass
+class Config:
+    preset: str = "custom"
+    stage: str = "pretrain"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseSettings = field(default_factory=NoiseSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    @property
+    def sigma_shift(self) -> float:
+        """The resolution shift s (METHOD.md §1)."""
+        return self.noise.shift or self.model.img_size / 64.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _leaf_paths(obj: Any, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        path = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_leaf_paths(value, path + "."))
+        else:
+            out[path] = (obj, f)
+    return out
+
+
+def _parse_value(text: Any, current: Any, key: str) -> Any:
+    if not isinstance(text, str):
+        return tuple(text) if isinstance(current, tuple) else text
+    try:
+        if isinstance(current, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(current, tuple):
+            items = [t for t in text.replace(" ", "").split(",") if t]
+            kind = type(current[0]) if current else float
+            return tuple(kind(t) for t in items)
+        if isinstance(current, int):
+            return int(float(text)) if float(text).is_integer() else int(text)
+        if isinstance(current, float):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{key}: cannot read {text!r} as {type(current).__name__}") from None
+    return text
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Set dotted keys (``optim.lr``) or unique leaf names (``lr``); unknown keys suggest the closest one."""
+    leaves = _leaf_paths(cfg)
+    by_leaf: dict[str, list[str]] = {}
+    for path in leaves:
+        by_leaf.setdefault(path.rsplit(".", 1)[-1], []).append(path)
+    for raw_key, text in overrides.items():
+        key = raw_key.replace("-", "_")
+        if key not in leaves:
+            candidates = by_leaf.get(key, [])
+            if len(candidates) > 1:
+                raise ConfigError(f"'{raw_key}' is ambiguous: use one of {', '.join(candidates)}")
+            if not candidates:
+                names = list(leaves) + list(by_leaf)
+                close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"unknown config key '{raw_key}'{hint} (`epg config` lists every key)")
+            key = candidates[0]
+        owner, f = leaves[key]
+        setattr(owner, f.name, _parse_value(text, getattr(owner, f.name), key))
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "stage": STAGES, "noise.normalization": ("minus_one", "imagenet"),
+    "optim.schedule": ("cosine", "steps", "constant"),
+    "optim.wd_exclude": ("none", "pos_cls"), "train.precision": ("bf16", "fp16", "fp32"),
+    "train.nonfinite": ("stop", "skip"), "pretrain.tau2_schedule": ("cosine", "constant"),
+    "pretrain.consistency_features": ("cls", "projector"), "diffusion.weighting": ("grid", "edm"),
+    "consistency.aux_features": ("projector", "cls"), "sample.sampler": ("heun", "euler", "stochastic", "consistency"),
+    "sample.grid": ("edm", "official"), "sample.labels": ("balanced", "frequency"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that cannot work, naming the key."""
+    flat = {path: getattr(owner, f.name) for path, (owner, f) in _leaf_paths(cfg).items()}
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{key} = {flat[key]!r} is not one of {', '.join(choices)}")
+    m = cfg.model
+    if m.img_size % m.patch:
+        raise ConfigError(f"model.img_size {m.img_size} is not a multiple of model.patch {m.patch}")
+    for w, h, name in ((m.enc_width, m.enc_heads, "enc"), (m.dec_width, m.dec_heads, "dec")):
+        if w % h:
+            raise ConfigError(f"model.{name}_width {w} is not divisible by model.{name}_heads {h}")
+    if cfg.train.global_batch <= 0 or cfg.train.steps <= 0:
+        raise ConfigError("train.global_batch and train.steps must be positive")
+    if len(cfg.optim.milestones) != len(cfg.optim.factors):
+        raise ConfigError("optim.milestones and optim.factors must have the same length")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from its JSON form; unknown keys are an error (a checkpoint of another version)."""
+    cfg = Config()
+    flat: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(data, "")
+    leaves = _leaf_paths(cfg)
+    unknown = [k for k in flat if k not in leaves]
+    if unknown:
+        raise ConfigError(f"config has unknown keys {unknown[:5]}: written by another version of epg?")
+    return apply_overrides(cfg, flat)
+
+
+def all_keys(cfg: Config) -> dict[str, Any]:
+    """Every dotted key with its current value (for `epg config`)."""
+    return {path: getattr(owner, f.name) for path, (owner, f) in _leaf_paths(cfg).items()}

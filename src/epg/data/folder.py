@@ -1,0 +1,138 @@
+"""ImageFolder trees (`class/*.jpg`, labels = sorted folder names) and ImageNet's flat validation layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .base import ImageDataset
+from .errors import DataError
+from .images import IMAGE_EXTENSIONS, DecodeFailure, center_crop_arr, decode_rgb, is_image_file
+
+_LAYOUT_HINT = f"expected <dir>/<class>/<image>{{{','.join(IMAGE_EXTENSIONS)}}}"
+
+
+def _class_folders(root: Path) -> list[tuple[str, list[Path]]]:
+    # Recursive below each class folder, as a class may be split into sub-folders.
+    classes = []
+    for entry in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
+        files = [
+            Path(top) / name for top, _, names in os.walk(entry) for name in names if is_image_file(name)
+        ]
+        if files:
+            classes.append((entry.name, sorted(files)))
+    return classes
+
+
+def scan_class_folders(
+    root: Path, class_names: list[str] | None = None
+) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, class names) of an ImageFolder tree, in class-then-path order.
+
+    Labels index the sorted folder names, or `class_names` when given (e.g. the training set's classes.json,
+    so that a validation tree missing some classes keeps the training labels)."""
+    classes = _class_folders(root)
+    if not classes:
+        raise DataError(
+            f"no class folders with images in {root} ({_LAYOUT_HINT}; for a flat validation "
+            f"folder pass --val-labels FILE)"
+        )
+    names = class_names or [name for name, _ in classes]
+    unknown = [name for name, _ in classes if name not in names]
+    if unknown:
+        raise DataError(f"class folder {root / unknown[0]} is not among the {len(names)} given class names")
+    position = {name: k for k, name in enumerate(names)}
+    files = [f for _, group in classes for f in group]
+    labels = [position[name] for name, group in classes for _ in group]
+    return files, labels, list(names)
+
+
+def read_label_file(path: Path) -> dict[str, str]:
+    """Map image stem → class name from lines `filename wnid` or a CSV `ImageId,wnid …`
+    (ImageNet's LOC_val_solution.csv, whose second column starts with the wnid)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise DataError(f"cannot read the label file {path} ({error.strerror})") from error
+    mapping = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split(",") if "," in line else line.split()
+        label = fields[1].split() if len(fields) > 1 else []
+        if not label:
+            raise DataError(f"{path}:{number}: expected `filename wnid` or `ImageId,wnid ...`, got {line!r}")
+        if fields[0] == "ImageId":  # the CSV header
+            continue
+        name = fields[0].strip()
+        mapping[Path(name).stem if is_image_file(name) else name] = label[0]
+    if not mapping:
+        raise DataError(f"the label file {path} holds no labels")
+    return mapping
+
+
+def scan_flat_folder(
+    root: Path, label_file: Path, class_names: list[str] | None = None
+) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, class names) of a flat folder of images labelled by `label_file`, in name order."""
+    mapping = read_label_file(label_file)
+    files = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p.name))
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) directly inside {root}")
+    unlabelled = [f.name for f in files if f.stem not in mapping]
+    if unlabelled:
+        raise DataError(
+            f"{len(unlabelled)} images in {root} have no label in {label_file} "
+            f"(first: {unlabelled[0]}): check that the label file belongs to this folder"
+        )
+    names = class_names or sorted(set(mapping[f.stem] for f in files))
+    position = {name: k for k, name in enumerate(names)}
+    unknown = sorted({mapping[f.stem] for f in files} - set(position))
+    if unknown:
+        raise DataError(f"class {unknown[0]} of {label_file} is not among the {len(names)} given class names")
+    return files, [position[mapping[f.stem]] for f in files], list(names)
+
+
+class ImageFolderDataset(ImageDataset):
+    """Decodes an ImageFolder tree on the fly, RGB, ADM-centre-cropped to `resolution`.
+
+    Without a resolution the first image's size is used (it must be square); images of other sizes are
+    then centre-cropped to it too. Bad files raise DataError: `epg prepare` skips and reports them instead.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], resolution: int | None = None):
+        self.root = Path(root)
+        files, labels, self.class_names = scan_class_folders(self.root)
+        # Strings pickle far smaller than Path objects when workers are spawned.
+        self._files = [str(f) for f in files]
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self.num_classes = len(self.class_names)
+        self.channels = 3
+        if resolution is None:
+            try:
+                with Image.open(self._files[0]) as first:
+                    width, height = first.size
+            except OSError as error:
+                raise DataError(f"cannot read {self._files[0]} to infer the resolution: pass one") from error
+            if width != height:
+                raise DataError(
+                    f"{self._files[0]} is {width}×{height}, not square: pass a resolution to "
+                    f"centre-crop to, or run `epg prepare`"
+                )
+            resolution = width
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def _load(self, index: int) -> tuple[np.ndarray, int]:
+        path = self._files[index]
+        try:
+            image, _ = decode_rgb(path)
+        except DecodeFailure as failure:
+            raise DataError(f"cannot read {path} ({failure}): `epg prepare` skips such files") from failure
+        return center_crop_arr(image, self.resolution), int(self._labels[index])

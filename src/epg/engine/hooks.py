@@ -1,0 +1,139 @@
+"""Periodic evaluations during training: sample grids, FID, and the stage-1 k-NN probe."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from epg.config import Config
+from epg.data import open_dataset
+from epg.engine.distributed import barrier, gather_cat
+from epg.engine.runlog import save_image_grid
+from epg.generate import generate
+from epg.metrics.knn import knn_accuracy
+from epg.noise import c_in, c_noise
+from epg.pixels import normalize
+
+Hook = Callable[[object, int], dict]
+
+
+class _Every:
+    """Run `fn` when training crosses a multiple of `every` steps (hooks are called at log steps)."""
+
+    def __init__(self, every: int, fn: Callable[[object, int], dict]):
+        self.every, self.fn, self.last = every, fn, None
+
+    def __call__(self, trainer, step: int) -> dict:
+        prev = self.last if self.last is not None else step - trainer.cfg.train.log_every
+        self.last = step
+        if step // self.every > max(prev, 0) // self.every or step == trainer.cfg.train.steps:
+            return self.fn(trainer, step)
+        return {}
+
+
+def eval_network(trainer) -> torch.nn.Module:
+    """A copy of the trained network holding the EMA weights (the online ones when there is no EMA)."""
+    net = copy.deepcopy(trainer.net)
+    net.load_state_dict(trainer.ema_state())
+    return net.eval()
+
+
+def eval_reference(cfg: Config) -> str:
+    """The FID reference: the held-out split of the training data, at the model's resolution."""
+    source = cfg.data.eval_source or cfg.data.source
+    if source == "fmnist":
+        return f"fmnist-{cfg.data.eval_split}@{cfg.model.img_size}"
+    return source
+
+
+def sample_grid_hook(trainer, step: int) -> dict:
+    cfg = trainer.cfg
+    n = 100 if cfg.model.num_classes == 10 else 64
+    if trainer.env.is_main:
+        images, _, _ = generate(eval_network(trainer), cfg, range(n), n, seed=cfg.sample.seed)
+        path = trainer.run_dir / "samples" / f"step-{step:08d}.png"
+        save_image_grid(images, path, cols=10 if n == 100 else None, scale=max(1, 64 // cfg.model.img_size))
+    barrier()
+    return {}
+
+
+def fid_hook(trainer, step: int) -> dict:
+    """FID of `train.fid_num` EMA samples; each process makes and embeds its share (METHOD.md §7)."""
+    from epg.metrics import feature_statistics, frechet_distance, load_inception, reference_statistics
+
+    cfg, env = trainer.cfg, trainer.env
+    n = cfg.train.fid_num
+    share = range(env.rank * n // env.world, (env.rank + 1) * n // env.world)
+    images, _, _ = generate(eval_network(trainer), cfg, share, n, seed=cfg.sample.seed, batch_size=128)
+    network = load_inception()
+    feats = network.extract(images.split(50), len(images), desc="FID").pool
+    feats = gather_cat(torch.from_numpy(np.ascontiguousarray(feats)).to(env.device)).cpu().double().numpy()
+    fid = float("nan")
+    if env.is_main:
+        ref = reference_statistics(eval_reference(cfg), None, network, need_features=False)
+        mu, sigma = feature_statistics(feats)
+        fid = frechet_distance(mu, sigma, ref.mu, ref.sigma)
+    return {"fid": fid} if env.is_main else {}
+
+
+@torch.no_grad()
+def encoder_features(net: torch.nn.Module, cfg: Config, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """LN(CLS) of clean images at σ'_min: what the k-NN probe and linear probes read."""
+    device = next(net.parameters()).device
+    sigma = cfg.noise.sigma_min * cfg.sigma_shift
+    out = []
+    for chunk in images.split(batch):
+        x = normalize(chunk.to(device), cfg.noise.normalization)
+        s = torch.full((x.shape[0],), sigma, device=device)
+        out.append(net.features(c_in(s.view(-1, 1, 1, 1), cfg.noise.sigma_data) * x, c_noise(s)).float().cpu())
+    return torch.cat(out)
+
+
+def probe_split(cfg: Config, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n images (evenly spaced) of a split, with labels."""
+    held_out = split == cfg.data.eval_split and cfg.data.eval_source
+    source = cfg.data.eval_source if held_out else cfg.data.source
+    ds = open_dataset(source, split, resolution=cfg.model.img_size)
+    idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).long().tolist()
+    items = [ds[i] for i in idx]
+    return torch.stack([im for im, _ in items]), torch.tensor([lab for _, lab in items])
+
+
+def knn_hook(trainer, step: int) -> dict:
+    cfg = trainer.cfg
+    result = {}
+    if trainer.env.is_main:
+        acc = knn_probe(trainer.net, cfg)
+        result = {"knn_acc": acc}
+    barrier()
+    return result
+
+
+def knn_probe(net: torch.nn.Module, cfg: Config, n_train: int = 5000, n_test: int = 1000) -> float:
+    """k-NN accuracy of LN(CLS) at σ_min: train-split features vote for held-out images."""
+    was_training = net.training
+    net.eval()
+    xtr, ytr = probe_split(cfg, cfg.data.split, n_train)
+    xte, yte = probe_split(cfg, cfg.data.eval_split, n_test)
+    acc = knn_accuracy(encoder_features(net, cfg, xtr), ytr, encoder_features(net, cfg, xte), yte,
+                       max(cfg.model.num_classes, int(ytr.max()) + 1))
+    net.train(was_training)
+    return acc
+
+
+def default_hooks(cfg: Config) -> list[Hook]:
+    """The evaluations a stage's config asks for."""
+    t = cfg.train
+    hooks: list[Hook] = []
+    if cfg.stage == "pretrain":
+        if t.knn_every:
+            hooks.append(_Every(t.knn_every, knn_hook))
+        return hooks
+    if t.sample_every:
+        hooks.append(_Every(t.sample_every, sample_grid_hook))
+    if t.fid_every:
+        hooks.append(_Every(t.fid_every, fid_hook))
+    return hooks

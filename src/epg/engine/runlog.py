@@ -1,0 +1,97 @@
+"""What a run shows its user: a progress bar, a JSON-lines log, TensorBoard scalars and PNG sample grids."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+
+def image_grid(images: torch.Tensor, cols: int | None = None) -> Image.Image:
+    """uint8 NCHW images → one PIL image tiled in a near-square grid (grey for 1 channel)."""
+    n, c, h, w = images.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
+    arr = images.permute(0, 2, 3, 1).cpu().numpy()
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = arr[i]
+    return Image.fromarray(grid[..., 0] if c == 1 else grid)
+
+
+def save_image_grid(images: torch.Tensor, path: Path, cols: int | None = None, scale: int = 1) -> Path:
+    """Write a sample grid PNG (optionally upscaled with nearest-neighbour for small images)."""
+    img = image_grid(images, cols)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    img.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+class RunLogger:
+    """Rank-0 logging; other ranks get a logger whose methods do nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool, start_step: int, total_steps: int, images_per_step: int):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.images_per_step = images_per_step
+        self.log_path = run_dir / "log.jsonl"
+        self.bar = None
+        self.tb = None
+        if not enabled:
+            return
+        self._truncate_after(start_step)
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                        desc=run_dir.name)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        except ImportError:  # TensorBoard is optional: the JSON-lines log is the record
+            self.tb = None
+
+    def _truncate_after(self, step: int) -> None:
+        # A resumed run replays steps after its checkpoint: drop the killed run's entries for them.
+        if not self.log_path.exists():
+            return
+        keep = [line for line in self.log_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.log_path.write_text("".join(line + "\n" for line in keep))
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "images": step * self.images_per_step, **values}
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        if self.bar is not None:
+            shown = {k: v for k, v in values.items() if k in ("loss", "img_per_s", "fid", "knn_acc")}
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (tqdm.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,32 @@
+"""Learning-rate schedules and the EMA update (METHOD.md §3–§5 hyper-parameters)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from epg.config import OptimConfig
+
+
+def learning_rate(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """Linear warm-up to `lr`, then cosine to 0, step-wise factors, or constant."""
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.schedule == "cosine":
+        span = max(total_steps - optim.warmup_steps, 1)
+        progress = min((step - optim.warmup_steps) / span, 1.0)
+        return optim.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if optim.schedule == "steps":
+        factor = 1.0
+        for milestone, f in zip(optim.milestones, optim.factors):
+            if step >= milestone:
+                factor = f
+        return optim.lr * factor
+    return optim.lr
+
+
+@torch.no_grad()
+def ema_update(ema: list[torch.Tensor], online: list[torch.Tensor], decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·online, in place, fp32."""
+    torch._foreach_lerp_(ema, [p.detach().float() for p in online], 1.0 - decay)

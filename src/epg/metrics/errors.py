@@ -1,0 +1,7 @@
+"""The one exception type for user-facing evaluation problems (METHOD.md §7)."""
+
+from __future__ import annotations
+
+
+class MetricsError(ValueError):
+    """An evaluation problem the user can fix (missing network, bad samples or reference); says how."""

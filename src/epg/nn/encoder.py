@@ -1,0 +1,95 @@
+"""The stage-1 network: ViT encoder E with CLS + TIME tokens, and the projector g (METHOD.md §2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from epg.nn.layers import Block, GlobalBatchNorm1d
+from epg.noise import timestep_embedding
+
+
+class Encoder(nn.Module):
+    """Plain ViT over tokens [CLS] [TIME] [patch_1 … patch_P], pre-LN blocks, final LayerNorm."""
+
+    def __init__(self, img_size: int, patch: int, channels: int, depth: int, width: int, heads: int,
+                 mlp_ratio: float = 4.0):
+        super().__init__()
+        if img_size % patch:
+            raise ValueError(f"image size {img_size} is not a multiple of the patch size {patch}")
+        self.width = width
+        self.num_patches = (img_size // patch) ** 2
+        self.patch_embed = nn.Conv2d(channels, width, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 2 + self.num_patches, width))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cls_add: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Return (final-LN tokens, list of every block's output) for input c_in·x_σ and c_noise."""
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        if cls_add is not None:
+            cls = cls + cls_add[:, None]
+        time = timestep_embedding(c_noise, self.width)[:, None].to(patches.dtype)
+        h = torch.cat([cls.to(patches.dtype), time, patches], dim=1) + self.pos_embed.to(patches.dtype)
+        outs = []
+        for blk in self.blocks:
+            h = blk(h)
+            outs.append(h)
+        return self.norm(h), outs
+
+
+class Projector(nn.Module):
+    """g: Linear → BN → ReLU → Linear → BN → ReLU → Linear, all without bias, no final BN (METHOD.md §2)."""
+
+    def __init__(self, in_dim: int, hidden: int = 4096, out_dim: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden, bias=False), GlobalBatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden, bias=False), GlobalBatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, out_dim, bias=False),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class RCM(nn.Module):
+    """Stage-1 network W = encoder E + projector g; `features` = LN(CLS), `project` = g(LN(CLS))."""
+
+    def __init__(self, img_size: int, patch: int, channels: int, depth: int, width: int, heads: int,
+                 proj_hidden: int = 4096, proj_out: int = 256, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.encoder = Encoder(img_size, patch, channels, depth, width, heads, mlp_ratio)
+        self.projector = Projector(width, proj_hidden, proj_out)
+        self._init_mocov3(patch, channels)
+
+    def _init_mocov3(self, patch: int, channels: int) -> None:
+        # MoCo v3 init: xavier-uniform Linear layers, qkv as three D×D matrices, patch embed over fan-in C·p².
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                if name.endswith("attn.qkv"):
+                    d = m.weight.shape[1]
+                    nn.init.uniform_(m.weight, -math.sqrt(6.0 / (2 * d)), math.sqrt(6.0 / (2 * d)))
+                else:
+                    nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        pe = self.encoder.patch_embed
+        bound = math.sqrt(6.0 / (channels * patch * patch + pe.weight.shape[0]))
+        nn.init.uniform_(pe.weight, -bound, bound)
+        nn.init.zeros_(pe.bias)
+
+    def features(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """h = LN(CLS): the representation used by the consistency loss and the k-NN probe."""
+        return self.encoder(x, c_noise)[0][:, 0]
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """g(LN(CLS)): the projector output used by the contrastive loss."""
+        return self.projector(self.features(x, c_noise))

@@ -1,0 +1,107 @@
+"""Stage-1 view augmentations in plain torch, batched, with per-sample parameters (METHOD.md §3 item 7).
+
+Every random parameter comes from the sample's own generator (SampleRNG), so a resumed or re-split run
+sees exactly the same views. Images are float in [0, 1] (NCHW) inside this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from epg.engine.rng import SampleRNG
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view's probabilities (MoCo v3 / BYOL: view 1 always blurred, view 2 sometimes solarised)."""
+
+    name: str
+    blur_p: float
+    solarize_p: float
+    crop_min_scale: float = 0.08
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+
+
+def random_resized_crop_flip(x: torch.Tensor, rng: SampleRNG, stream: str, min_scale: float) -> torch.Tensor:
+    """RandomResizedCrop(scale=(min_scale, 1), ratio=(3/4, 4/3)) + horizontal flip, as one bilinear resample."""
+    u = rng.rand(stream + ".crop", 5).to(x.device)
+    area = min_scale + (1.0 - min_scale) * u[:, 0]
+    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
+    w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
+    h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+    cx = -1.0 + 2.0 * ((1.0 - w) * u[:, 2] + w / 2)
+    cy = -1.0 + 2.0 * ((1.0 - h) * u[:, 3] + h / 2)
+    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, minc = x.max(1).values, x.min(1).values
+    v, delta = maxc, maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-8), torch.zeros_like(maxc))
+    d = delta.clamp_min(1e-8)
+    h = torch.where(maxc == r, ((g - b) / d) % 6, torch.where(maxc == g, (b - r) / d + 2, (r - g) / d + 4))
+    h = torch.where(delta > 0, h / 6.0, torch.zeros_like(h))
+    return torch.stack([h, s, v], 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], 1)
+    return v[:, None] - v[:, None] * s[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def color_jitter(x: torch.Tensor, u: torch.Tensor, b: float = 0.4, c: float = 0.4, s: float = 0.2,
+                 h: float = 0.1) -> torch.Tensor:
+    """ColorJitter(b, c, s, h) with factors from u (B, 4) ∈ [0, 1); fixed order brightness→contrast→saturation→hue."""
+    col = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
+    x = (x * col(1 - b + 2 * b * u[:, 0])).clamp(0, 1)
+    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = (mean + col(1 - c + 2 * c * u[:, 1]) * (x - mean)).clamp(0, 1)
+    x = (_gray(x) + col(1 - s + 2 * s * u[:, 2]) * (x - _gray(x))).clamp(0, 1)
+    hsv = _rgb_to_hsv(x)
+    hsv = torch.stack([(hsv[:, 0] + (-h + 2 * h * u[:, 3]).view(-1, 1, 1)) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
+    return _hsv_to_rgb(hsv).clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample σ (pixels), reflect padding."""
+    bsz, ch, hh, ww = x.shape
+    radius = max(1, min(int(math.ceil(3 * float(sigma.max()))), (min(hh, ww) - 1) // 2))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(ch, 0)
+    y = F.pad(x.reshape(1, bsz * ch, hh, ww), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=bsz * ch)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=bsz * ch)
+    return y.reshape(bsz, ch, hh, ww)
+
+
+def augment_view(images: torch.Tensor, rng: SampleRNG, spec: ViewSpec) -> torch.Tensor:
+    """uint8 NCHW images → one strongly augmented view, float in [0, 1]."""
+    x = random_resized_crop_flip(images.float() / 255.0, rng, spec.name, spec.crop_min_scale)
+    u = rng.rand(spec.name + ".ops", 9).to(x.device)
+    gate = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
+    if x.shape[1] == 3:  # colour ops are no-ops on single-channel images
+        x = torch.where(gate(u[:, 0] < spec.jitter_p), color_jitter(x, u[:, 1:5]), x)
+        x = torch.where(gate(u[:, 5] < spec.gray_p), _gray(x), x)
+    sigma = 0.1 + 1.9 * u[:, 6]
+    if spec.blur_p > 0:
+        x = torch.where(gate(u[:, 7] < spec.blur_p), gaussian_blur(x, sigma), x)
+    if spec.solarize_p > 0:
+        x = torch.where(gate(u[:, 8] < spec.solarize_p), torch.where(x >= 0.5, 1.0 - x, x), x)
+    return x.clamp(0, 1)

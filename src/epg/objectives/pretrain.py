@@ -1,0 +1,123 @@
+"""Stage 1: contrastive + representation-consistency pre-training of the encoder (METHOD.md §3)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from epg.config import Config
+from epg.engine.distributed import gather_cat
+from epg.engine.rng import SampleRNG
+from epg.noise import c_in, c_noise, discretization_steps, karras_sigmas
+from epg.objectives.augment import ViewSpec, augment_view
+from epg.objectives.base import Objective
+from epg.pixels import normalize
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
+    """Per-query InfoNCE ℓ(q_i) = logsumexp_j(q_i·k_j/τ) − q_i·k_i/τ with keys gathered from every process.
+
+    q, k: (B_local, D), already normalised; k carries no gradient. Row i's positive is this process's
+    i-th key inside the gathered (global) key matrix. Computed in fp32 (METHOD.md §3 item 4).
+    """
+    q, k = q.float(), k.detach().float()
+    keys = gather_cat(k)
+    offset = 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        offset = torch.distributed.get_rank() * k.shape[0]
+    tau = torch.as_tensor(tau, dtype=torch.float32, device=q.device).reshape(-1, 1)
+    logits = q @ keys.T / tau
+    positives = logits[torch.arange(q.shape[0], device=q.device), offset + torch.arange(q.shape[0], device=q.device)]
+    return torch.logsumexp(logits, dim=1) - positives
+
+
+def tau2_at(step: int, total_steps: int, schedule: str = "cosine", constant: float = 0.1) -> float:
+    """τ2(k) = 0.2 − 0.1·sin(3πk/(4K)) for k ≤ 2K/3, then 0.1 — or a constant (METHOD.md §3 item 5)."""
+    if schedule == "constant":
+        return constant
+    if step <= 2 * total_steps / 3:
+        return 0.2 - 0.1 * math.sin(3 * math.pi * step / (4 * total_steps))
+    return 0.1
+
+
+def consistency_tau(sigma_noisier: torch.Tensor, tau1: float, tau2: float, sigma_min: float = 0.002,
+                    sigma_max: float = 80.0) -> torch.Tensor:
+    """τ(t) = τ1·(1 − t) + τ2·t with t = (σ_n − σ_min)/(σ_max − σ_min), unshifted σ (METHOD.md §3 item 5)."""
+    t = (sigma_noisier - sigma_min) / (sigma_max - sigma_min)
+    return tau1 * (1 - t) + tau2 * t
+
+
+class PretrainObjective(Objective):
+    """Symmetric contrastive loss (EMA teacher) + representation consistency along one noising trajectory."""
+
+    stage = "pretrain"
+
+    def __init__(self, cfg: Config, net: nn.Module):
+        super().__init__(cfg, net)
+        self.teacher = copy.deepcopy(net)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        p = cfg.pretrain
+        self.views = (ViewSpec("view1", p.blur_p1, 0.0, p.crop_min_scale),
+                      ViewSpec("view2", p.blur_p2, p.solarize_p2, p.crop_min_scale))
+
+    def _encode(self, net: nn.Module, x: torch.Tensor, sigma_shifted: torch.Tensor, projector: bool) -> torch.Tensor:
+        s = sigma_shifted.float()
+        h = net.features(c_in(s.view(-1, 1, 1, 1), self.cfg.noise.sigma_data) * x, c_noise(s))
+        return F.normalize((net.projector(h) if projector else h).float(), dim=-1)
+
+    def grid_pair(self, rng: SampleRNG, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adjacent (σ_n, σ_{n+1}) of the curriculum grid; one index per global step by default (§3 item 1)."""
+        cfg, p = self.cfg, self.cfg.pretrain
+        n_points = discretization_steps(step, cfg.train.steps, p.s0, p.s1)
+        grid = karras_sigmas(n_points, cfg.noise.sigma_min, cfg.noise.sigma_max, cfg.noise.rho)
+        if p.per_sample_index:
+            n = (rng.rand("grid-index").cpu() * (n_points - 1)).long().clamp(max=n_points - 2)
+        else:  # the same draw on every process: seeded by (seed, step) only, so no broadcast is needed
+            n = torch.randint(0, n_points - 1, (1,), generator=rng.step_generator("grid-index")).expand(batch)
+        return grid[n], grid[n + 1]
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, rng: SampleRNG, step: int,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg, p, s = self.cfg, self.cfg.pretrain, self.cfg.sigma_shift
+        dev = images.device
+        eps = rng.randn("eps", *images.shape[1:])
+        # Consistency branch: two adjacent points of one trajectory (same image, same ε).
+        x0 = self.prepare(images, rng, cfg.data.hflip)
+        t_n, t_n1 = self.grid_pair(rng, step, images.shape[0])
+        tn_s, tn1_s = (t_n * s).float().to(dev), (t_n1 * s).float().to(dev)
+        use_proj = p.consistency_features == "projector"
+        q = self._encode(self.net, x0 + tn_s.view(-1, 1, 1, 1) * eps, tn_s, use_proj)
+        with torch.no_grad():
+            k = self._encode(self.net, x0 + tn1_s.view(-1, 1, 1, 1) * eps, tn1_s, use_proj)
+        tau = consistency_tau(t_n.float(), p.tau1, tau2_at(step, cfg.train.steps, p.tau2_schedule, p.tau2_constant),
+                              cfg.noise.sigma_min, cfg.noise.sigma_max).to(dev)
+        loss_cons = info_nce(q, k, tau).mean()
+        # Contrastive branch: two strong views at the lowest noise level, EMA teacher keys, symmetric.
+        y1, y2 = (normalize(augment_view(images, rng, v) * 255.0, cfg.noise.normalization) for v in self.views)
+        t0 = torch.full((images.shape[0],), cfg.noise.sigma_min * s, device=dev)
+        y1, y2 = y1 + t0.view(-1, 1, 1, 1) * eps, y2 + t0.view(-1, 1, 1, 1) * eps
+        q1, q2 = self._encode(self.net, y1, t0, True), self._encode(self.net, y2, t0, True)
+        with torch.no_grad():
+            k1, k2 = self._encode(self.teacher, y1, t0, True), self._encode(self.teacher, y2, t0, True)
+        loss_12 = info_nce(q1, k2, p.tau_c).mean()
+        loss_21 = info_nce(q2, k1, p.tau_c).mean()
+        loss = loss_12 + loss_21 + loss_cons
+        return loss, {"contrastive": (loss_12 + loss_21).detach(), "consistency": loss_cons.detach()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> None:
+        """θ⁻ ← m·θ⁻ + (1 − m)·θ (momentum 0.99; METHOD.md §2)."""
+        m = self.cfg.pretrain.teacher_momentum
+        teacher = list(self.teacher.parameters())
+        torch._foreach_lerp_(teacher, [q.detach() for q in self.net.parameters()], 1.0 - m)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.teacher.load_state_dict({k[len("teacher."):]: v for k, v in state.items()}, strict=True)

@@ -1,0 +1,117 @@
+"""Presets: the paper's rows (METHOD.md §2–§5) and small CPU rows on Fashion-MNIST."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Callable
+
+from epg.config import Config, ConfigError, ModelConfig, OptimConfig, apply_overrides
+
+Builder = Callable[[str | None], Config]
+ENC_B = dict(enc_depth=12, enc_width=768, enc_heads=12)
+ENC_L = dict(enc_depth=16, enc_width=1024, enc_heads=16)
+
+
+def _in(res: int, patch: int, **model) -> ModelConfig:
+    return ModelConfig(img_size=res, channels=3, patch=patch, num_classes=1000, **model)
+
+
+def _paper_common(cfg: Config) -> Config:
+    cfg.data.source = "imagenet"  # a packed dir made by `epg prepare`; set with --data
+    cfg.data.workers = 8
+    cfg.noise.normalization = "imagenet"
+    cfg.train.seed = 1234
+    cfg.train.ckpt_every = 10_000
+    cfg.train.log_every = 100
+    cfg.train.sample_every = 50_000
+    cfg.train.fid_every = 0
+    cfg.train.fid_num = 10_000
+    return cfg
+
+
+def apply_stage_recipe(cfg: Config, stage: str) -> Config:
+    """The optimiser/training recipe of each stage at paper scale (METHOD.md §3, §4, §5)."""
+    cfg.stage = stage
+    if stage == "pretrain":
+        cfg.optim = OptimConfig(lr=2e-4, betas=(0.9, 0.95), weight_decay=0.03, wd_exclude="none",
+                                warmup_steps=10_000, schedule="cosine", grad_clip=0.0, ema=0.0)
+        cfg.train.steps, cfg.train.global_batch = 600_000, 1024
+    elif stage == "diffusion":
+        cfg.optim = OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01, wd_exclude="pos_cls",
+                                warmup_steps=10_000, schedule="cosine", grad_clip=0.5, ema=0.9999)
+        cfg.train.steps, cfg.train.global_batch = 1_000_000, 1024
+        cfg.model.dropout = 0.0
+        cfg.sample.sampler, cfg.sample.cfg_scale = "heun", 2.5
+    else:
+        cfg.optim = OptimConfig(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.03, wd_exclude="pos_cls",
+                                warmup_steps=10_000, schedule="steps", milestones=(400_000, 500_000),
+                                factors=(0.3, 0.08), grad_clip=0.0, ema=0.9999)
+        cfg.train.steps, cfg.train.global_batch = 1_000_000, 1024
+        cfg.model.dropout = 0.5
+        cfg.sample.sampler, cfg.sample.cfg_scale = "consistency", 1.0
+    return cfg
+
+
+def _paper(model: ModelConfig, default_stage: str, cfg_scale: float | None = None) -> Builder:
+    def build(stage: str | None = None) -> Config:
+        cfg = apply_stage_recipe(_paper_common(Config(model=copy.deepcopy(model))), stage or default_stage)
+        if cfg_scale is not None and cfg.stage == "diffusion":
+            cfg.sample.cfg_scale = cfg_scale
+        return cfg
+    return build
+
+
+def _cpu(enc_depth: int, width: int, heads: int, steps: dict[str, int]) -> Builder:
+    """Fashion-MNIST padded to 32×32, patch 4 → 64 patches (+2 tokens); schedules sized for thousands of steps."""
+
+    def build(stage: str | None = None) -> Config:
+        stage = stage or "diffusion"
+        cfg = Config(model=ModelConfig(img_size=32, channels=1, patch=4, enc_depth=enc_depth, enc_width=width,
+                                       enc_heads=heads, dec_width=width, dec_heads=heads, num_classes=10,
+                                       proj_hidden=4 * width, proj_out=128))
+        cfg = apply_stage_recipe(cfg, stage)
+        n = steps[stage]
+        cfg.train.steps, cfg.train.global_batch = n, 128 if stage == "pretrain" else 64
+        cfg.optim.warmup_steps = max(n // 20, 10)
+        if stage == "pretrain":
+            cfg.optim.lr = 1e-3
+            cfg.pretrain.crop_min_scale = 0.3  # on 32-pixel images an 8 % crop is a few pixels wide
+            cfg.train.knn_every = n // 2
+        elif stage == "diffusion":
+            cfg.optim.lr, cfg.optim.ema = 5e-4, 0.999
+        else:
+            cfg.optim.lr, cfg.optim.ema = 2e-4, 0.999
+            cfg.optim.milestones, cfg.optim.factors = (int(n * 0.8),), (0.3,)
+            cfg.consistency.stage_length = max(n // 8, 1)
+            cfg.model.dropout = 0.1
+        cfg.train.ckpt_every, cfg.train.log_every = max(n // 4, 1), 25
+        return cfg
+    return build
+
+
+PAPER_MODELS = {
+    "rcm-b-16-in256": (_in(256, 16, **ENC_B, dec_width=768, dec_heads=12), "pretrain", None),
+    "rcm-l-16-in256": (_in(256, 16, **ENC_L, dec_width=1024, dec_heads=16), "pretrain", None),
+    "rcm-l-32-in512": (_in(512, 32, **ENC_L, dec_width=1024, dec_heads=16), "pretrain", None),
+    "epg-l-16-in256": (_in(256, 16, **ENC_L, dec_width=1024, dec_heads=16), "consistency", None),
+    "epg-xl-16-in256": (_in(256, 16, **ENC_B, dec_width=1584, dec_heads=22), "diffusion", 2.5),
+    "epg-xxl-16-in256": (_in(256, 16, **ENC_B, dec_width=1920, dec_heads=16), "diffusion", 2.5),
+    "epg-g-16-in256": (_in(256, 16, **ENC_B, dec_width=2688, dec_heads=21), "diffusion", 2.5),
+    "epg-l-32-in512": (_in(512, 32, **ENC_L, dec_width=1024, dec_heads=16), "diffusion", 3.2),
+}
+
+PRESETS: dict[str, Builder] = {name: _paper(*row) for name, row in PAPER_MODELS.items()}
+PRESETS["fmnist-tiny"] = _cpu(4, 128, 4, {"pretrain": 1500, "diffusion": 1500, "consistency": 1500})
+PRESETS["fmnist-small"] = _cpu(6, 256, 4, {"pretrain": 3000, "diffusion": 6000, "consistency": 6000})
+
+
+def get_preset(name: str, stage: str | None = None, overrides: dict | None = None) -> Config:
+    """Build a preset by name for a stage (default: the preset's own), then apply overrides."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown preset '{name}'{hint} (`epg presets` lists them)")
+    cfg = PRESETS[name](stage)
+    cfg.preset = name
+    return apply_overrides(cfg, overrides or {})
