@@ -132,6 +132,7 @@ class Trainer:
             _check_run_config(self.run_dir, cfg)
             (self.run_dir / "config.json").write_text(cfg.to_json())
         barrier()
+        torch.manual_seed(mix_seed(cfg.train.seed, "init"))  # same initial weights on every rank and rerun
         self.objective = build_objective(cfg, self.env.device, verbose=self.env.is_main).to(self.env.device)
         self.net = self.objective.net
         self.trained = [p for p in self.net.parameters() if p.requires_grad]
