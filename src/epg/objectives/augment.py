@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from epg.engine.rng import SampleRNG
 
+BLUR_SIGMA_MIN, BLUR_SIGMA_MAX = 0.1, 2.0
+
 
 @dataclass(frozen=True)
 class ViewSpec:
@@ -81,7 +83,9 @@ def color_jitter(x: torch.Tensor, u: torch.Tensor, b: float = 0.4, c: float = 0.
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur with a per-sample σ (pixels), reflect padding."""
     bsz, ch, hh, ww = x.shape
-    radius = max(1, min(int(math.ceil(3 * float(sigma.max()))), (min(hh, ww) - 1) // 2))
+    # The radius is fixed by the largest σ of the augmentation, not of this batch, so that a sample's view
+    # does not depend on which other samples share its batch.
+    radius = max(1, min(int(math.ceil(3 * BLUR_SIGMA_MAX)), (min(hh, ww) - 1) // 2))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(ch, 0)
@@ -99,7 +103,7 @@ def augment_view(images: torch.Tensor, rng: SampleRNG, spec: ViewSpec) -> torch.
     if x.shape[1] == 3:  # colour ops are no-ops on single-channel images
         x = torch.where(gate(u[:, 0] < spec.jitter_p), color_jitter(x, u[:, 1:5]), x)
         x = torch.where(gate(u[:, 5] < spec.gray_p), _gray(x), x)
-    sigma = 0.1 + 1.9 * u[:, 6]
+    sigma = BLUR_SIGMA_MIN + (BLUR_SIGMA_MAX - BLUR_SIGMA_MIN) * u[:, 6]
     if spec.blur_p > 0:
         x = torch.where(gate(u[:, 7] < spec.blur_p), gaussian_blur(x, sigma), x)
     if spec.solarize_p > 0:

@@ -24,15 +24,16 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, tau: torch.Tensor | float) -> tor
     q, k: (B_local, D), already normalised; k carries no gradient. Row i's positive is this process's
     i-th key inside the gathered (global) key matrix. Computed in fp32 (METHOD.md §3 item 4).
     """
-    q, k = q.float(), k.detach().float()
-    keys = gather_cat(k)
-    offset = 0
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        offset = torch.distributed.get_rank() * k.shape[0]
-    tau = torch.as_tensor(tau, dtype=torch.float32, device=q.device).reshape(-1, 1)
-    logits = q @ keys.T / tau
-    positives = logits[torch.arange(q.shape[0], device=q.device), offset + torch.arange(q.shape[0], device=q.device)]
-    return torch.logsumexp(logits, dim=1) - positives
+    with torch.autocast(q.device.type, enabled=False):  # autocast would run the logits matmul in bf16
+        q, k = q.float(), k.detach().float()
+        keys = gather_cat(k)
+        offset = 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            offset = torch.distributed.get_rank() * k.shape[0]
+        tau = torch.as_tensor(tau, dtype=torch.float32, device=q.device).reshape(-1, 1)
+        logits = q @ keys.T / tau
+        rows = torch.arange(q.shape[0], device=q.device)
+        return torch.logsumexp(logits, dim=1) - logits[rows, offset + rows]
 
 
 def tau2_at(step: int, total_steps: int, schedule: str = "cosine", constant: float = 0.1) -> float:
