@@ -143,7 +143,8 @@ def test_config_overrides_and_suggestions():
     with pytest.raises(ConfigError, match="did you mean 'model.enc_depth'"):
         get_preset("fmnist-tiny", overrides={"model.enc_dept": "3"})
     with pytest.raises(ConfigError, match="ambiguous"):
-        get_preset("fmnist-tiny", overrides={"steps": "3"})  # train.steps and sample.steps
+        get_preset("fmnist-tiny", overrides={"p_mean": "0"})  # diffusion.p_mean and consistency.p_mean
+    assert get_preset("fmnist-tiny", overrides={"steps": "7"}).train.steps == 7  # alias
     with pytest.raises(ConfigError, match="did you mean 'fmnist-tiny'"):
         get_preset("fmnist-tinny")
     with pytest.raises(ConfigError, match="not one of"):

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STAGES = ("pretrain", "diffusion", "consistency")
+# Short names for the overrides used most; every other leaf name works when it is unique.
+ALIASES = {"steps": "train.steps", "batch": "train.global_batch", "seed": "train.seed"}
 
 
 class ConfigError(ValueError):
@@ -213,6 +215,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         by_leaf.setdefault(path.rsplit(".", 1)[-1], []).append(path)
     for raw_key, text in overrides.items():
         key = raw_key.replace("-", "_")
+        key = ALIASES.get(key, key)
         if key not in leaves:
             candidates = by_leaf.get(key, [])
             if len(candidates) > 1:

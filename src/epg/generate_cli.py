@@ -20,7 +20,8 @@ from epg.generate import generate
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("sample", help="generate images from a checkpoint (ADM .npz and/or PNGs + grid)")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (newest)")
-    p.add_argument("--num", type=int, default=64, help="number of images")
+    # --num-images, not --num, under torchrun: torchrun's parser rejects --num as an abbreviation of --numa-binding.
+    p.add_argument("--num-images", "--num", dest="num", type=int, default=64, help="number of images")
     p.add_argument("--out", required=True, help="samples.npz (ADM format: arr_0 uint8 NHWC, arr_1 labels) "
                                                 "or a directory for PNGs")
     p.add_argument("--seed", type=int, default=0)

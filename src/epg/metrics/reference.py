@@ -101,7 +101,10 @@ def reference_statistics(
     batch_size: int = DEFAULT_BATCH_SIZE,
     need_features: bool = True,
 ) -> ReferenceStats:
-    """Statistics of REF (ADM/sample `.npz`, stats `.npz`, image folder, dataset name), cached (§7)."""
+    """Statistics of REF (ADM/sample `.npz`, stats `.npz`, image folder, dataset name), cached (§7).
+
+    With need_features=False (FID only) an ADM batch's shipped mu/sigma answer without running the network.
+    """
     path = Path(ref)
     precomputed: dict[str, np.ndarray] = {}
     if path.suffix.lower() == ".npz" and path.is_file():

@@ -17,7 +17,7 @@ from epg.data.images import DecodeFailure, decode_rgb, is_image_file
 from epg.metrics.errors import MetricsError
 
 _NPZ_HINT = "save samples as np.savez(path, arr_0=images) with uint8 N×H×W×C images, C = 1 or 3"
-_SPLIT_SUFFIX = re.compile(r"^(?P<source>.+)-(?P<split>train|test|val|validation)$")
+_SPLIT_SUFFIX = re.compile(r"^(?P<source>.+?)(-(?P<split>train|test|val|validation))?(@(?P<res>\d+))?$")
 
 
 def _check_images(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
@@ -172,12 +172,14 @@ class DatasetImages(ImageSource):
     """A dataset named like `fmnist-test` (source, then split; split defaults to train), via epg.data."""
 
     def __init__(self, name: str) -> None:
+        # `fmnist-test@32`: the test split at the resolution the model sees (Fashion-MNIST padded to 32).
         match = _SPLIT_SUFFIX.match(name)
-        source, split = (match["source"], match["split"]) if match else (name, "train")
+        source, split = match["source"], match["split"] or "train"
+        self.resolution = int(match["res"]) if match["res"] else None
         try:
             from epg.data import open_dataset
 
-            dataset = open_dataset(source, split=split)
+            dataset = open_dataset(source, split=split, resolution=self.resolution)
         except (ImportError, ValueError, OSError) as error:
             raise MetricsError(
                 f"{name!r} is no existing .npz, image folder or stats file, nor a dataset epg opens ({error})"
@@ -187,7 +189,7 @@ class DatasetImages(ImageSource):
         self.source, self.split = source, split
 
     def identity(self) -> str:
-        return f"dataset:{self.source}:{self.split}"
+        return f"dataset:{self.source}:{self.split}" + (f"@{self.resolution}" if self.resolution else "")
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for start in range(0, self.count, batch_size):
