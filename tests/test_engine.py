@@ -154,3 +154,28 @@ def test_non_finite_skip_mode_skips_and_counts(tmp_path):
 def test_checkpoint_retention(tmp_path):
     _train(tmp_path, **{"train.steps": 8, "train.ckpt_every": 1, "train.keep_last": 2, "train.keep_every": 4})
     assert [s for s, _ in ck.list_checkpoints(tmp_path / "checkpoints")] == [8, 7, 4]
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_one_process_and_resume(tmp_path):
+    subprocess.run([sys.executable, WORKER, "--run-dir", str(tmp_path / "one"), "--dump", str(tmp_path / "w1"),
+                    "train.steps=4"], check=True, env=ENV, capture_output=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519", WORKER,
+           "--run-dir", str(tmp_path / "fsdp"), "--dump", str(tmp_path / "w2"), "train.fsdp=true"]
+    first = subprocess.run([*cmd, "train.steps=3"], env=ENV, capture_output=True, text=True)  # checkpoint at 3
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run([*cmd, "train.steps=4"], env=ENV, capture_output=True, text=True)  # resumes at 3
+    assert second.returncode == 0, second.stderr[-3000:]
+    ck.verify_checkpoint(ck.list_checkpoints(tmp_path / "fsdp" / "checkpoints")[0][1])
+    full = ck.read_tensors(ck.list_checkpoints(tmp_path / "fsdp" / "checkpoints")[0][1], "model")
+    w1 = torch.load(f"{tmp_path / 'w1'}.rank0")
+    for k in w1:
+        torch.testing.assert_close(full[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "fsdp"), rel=1e-5)
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
+    plain = _train(tmp_path / "plain", **{"train.steps": 2, "model.dropout": 0.3})
+    ckpt = _train(tmp_path / "ckpt", **{"train.steps": 2, "model.dropout": 0.3, "train.activation_checkpointing": True})
+    for (k, a), b in zip(plain.net.state_dict().items(), ckpt.net.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=k)

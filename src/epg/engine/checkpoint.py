@@ -130,8 +130,8 @@ def read_tensors(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Load a state dict, refusing (and naming) missing, unexpected or wrongly shaped tensors."""
+def check_state(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse (and name) missing, unexpected or wrongly shaped tensors before anything is loaded."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -147,6 +147,11 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: s
             parts.append(f"unexpected {unexpected[:6]}" + (" …" if len(unexpected) > 6 else ""))
         raise CheckpointError(f"{what} does not fit this model: " + ", ".join(parts)
                               + " — is it a checkpoint of another preset or stage?")
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load a state dict into an unsharded module after `check_state`."""
+    check_state(module, state, what)
     module.load_state_dict(state, strict=True)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -14,6 +13,7 @@ from epg.engine.distributed import barrier, gather_cat
 from epg.engine.runlog import save_image_grid
 from epg.generate import generate
 from epg.metrics.knn import knn_accuracy
+from epg.nn import build_generator, build_rcm
 from epg.noise import c_in, c_noise
 from epg.pixels import normalize
 
@@ -35,10 +35,16 @@ class _Every:
 
 
 def eval_network(trainer) -> torch.nn.Module:
-    """A copy of the trained network holding the EMA weights (the online ones when there is no EMA)."""
-    net = copy.deepcopy(trainer.net)
-    net.load_state_dict(trainer.ema_state())
-    return net.eval()
+    """An unsharded network holding the EMA weights (the online ones without EMA); every rank must call it."""
+    cfg = trainer.cfg
+    state = trainer.ema_state()  # gathers shards under FSDP, hence on every rank
+    net = build_rcm(cfg.model) if cfg.stage == "pretrain" else build_generator(cfg.model)
+    if trainer.fsdp:  # only rank 0 holds the gathered state: share it
+        objects = [state]
+        torch.distributed.broadcast_object_list(objects, src=0)
+        state = objects[0]
+    net.load_state_dict(state)
+    return net.to(trainer.env.device).eval()
 
 
 def eval_reference(cfg: Config) -> str:
@@ -52,8 +58,9 @@ def eval_reference(cfg: Config) -> str:
 def sample_grid_hook(trainer, step: int) -> dict:
     cfg = trainer.cfg
     n = 100 if cfg.model.num_classes == 10 else 64
+    net = eval_network(trainer)
     if trainer.env.is_main:
-        images, _, _ = generate(eval_network(trainer), cfg, range(n), n, seed=cfg.sample.seed)
+        images, _, _ = generate(net, cfg, range(n), n, seed=cfg.sample.seed)
         path = trainer.run_dir / "samples" / f"step-{step:08d}.png"
         save_image_grid(images, path, cols=10 if n == 100 else None, scale=max(1, 64 // cfg.model.img_size))
     barrier()

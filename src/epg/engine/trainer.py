@@ -22,6 +22,16 @@ from epg.engine.distributed import DistEnv, all_reduce_mean, barrier, init_distr
 from epg.engine.rng import SampleRNG, mix_seed
 from epg.engine.runlog import RunLogger
 from epg.engine.schedule import ema_update, learning_rate
+from epg.engine.state import (
+    full_tensor,
+    like_parameter,
+    load_model_state,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+    shard_with_fsdp,
+)
+from epg.nn import set_activation_checkpointing
 from epg.objectives import build_objective
 
 # Fields whose change makes a run directory's checkpoints unusable for this command.
@@ -65,22 +75,6 @@ def _param_groups(net: nn.Module, cfg: Config) -> list[dict]:
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors = {f"optim.{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items()
-               if isinstance(v, torch.Tensor)}
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def _identity_diffs(old: Config, new: Config) -> list[str]:
@@ -135,6 +129,16 @@ class Trainer:
         torch.manual_seed(mix_seed(cfg.train.seed, "init"))  # same initial weights on every rank and rerun
         self.objective = build_objective(cfg, self.env.device, verbose=self.env.is_main).to(self.env.device)
         self.net = self.objective.net
+        if cfg.train.fsdp and cfg.stage == "pretrain":
+            raise ConfigError("train.fsdp shards the stage-2 generator; stage 1 (at most 227M parameters) uses DDP")
+        self.fsdp = cfg.train.fsdp and self.env.world > 1
+        if cfg.train.activation_checkpointing:
+            set_activation_checkpointing(self.net, True)
+        if self.fsdp:
+            shard_with_fsdp(self.net)
+        if cfg.train.compile:
+            self.net.compile()
+        self.trained_names = [n for n, p in self.net.named_parameters() if p.requires_grad]
         self.trained = [p for p in self.net.parameters() if p.requires_grad]
         self.ema = [p.detach().clone().float() for p in self.trained] if cfg.optim.ema > 0 else None
         fused = self.env.device.type == "cuda"
@@ -145,28 +149,35 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._stop_signal = False
         self._resume()
-        self.model = (DistributedDataParallel(self.objective, broadcast_buffers=False)
-                      if self.env.world > 1 else self.objective)
+        ddp = self.env.world > 1 and not self.fsdp
+        self.model = DistributedDataParallel(self.objective, broadcast_buffers=False) if ddp else self.objective
 
     # ---------------------------------------------------------------- checkpoints
     def ema_state(self) -> dict[str, torch.Tensor]:
-        """The EMA weights as a state dict of the trained network (buffers taken from the online net)."""
-        state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        """Full EMA weights as a state dict of the trained network (buffers from the online net).
+
+        Every rank must call it (it gathers shards under FSDP); the result is complete on rank 0.
+        """
+        state = model_state(self.net)
         if self.ema is not None:
-            names = [n for n, p in self.net.named_parameters() if p.requires_grad]
-            state.update(dict(zip(names, self.ema)))
+            full = [full_tensor(e).cpu() for e in self.ema]
+            if state:
+                state.update(zip(self.trained_names, full))
         return state
 
     def save_checkpoint(self) -> Path | None:
+        """Gather the full state on every rank, write it atomically from rank 0, prune old checkpoints."""
+        model = model_state(self.net)
+        opt_tensors, opt_meta = optimizer_state(self.net, self.opt)
+        ema = self.ema_state() if self.ema is not None else None
         path = None
         if self.env.is_main:
-            opt_tensors, opt_meta = _optimizer_tensors(self.opt)
-            state_tensors = {**opt_tensors, **{f"extra.{k}": v for k, v in self.objective.extra_state().items()}}
-            tensors = {"model": self.net.state_dict(), "state": state_tensors}
-            if self.ema is not None:
-                tensors["ema"] = self.ema_state()
-            meta = {"step": self.step, "images": self.step * self.cfg.train.global_batch,
-                    "optimizer": opt_meta, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+            extra = {f"extra.{k}": v for k, v in self.objective.extra_state().items()}
+            tensors = {"model": model, "state": {**opt_tensors, **extra}}
+            if ema is not None:
+                tensors["ema"] = ema
+            meta = {"step": self.step, "images": self.step * self.cfg.train.global_batch, "optimizer": opt_meta,
+                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
             path = ck.write_checkpoint(self.ckpt_root / f"step-{self.step:08d}", self.cfg, tensors, meta)
             ck.prune_checkpoints(self.ckpt_root, self.cfg.train.keep_last, self.cfg.train.keep_every)
         barrier()
@@ -180,15 +191,14 @@ class Trainer:
         diffs = _identity_diffs(ck.read_config(path), self.cfg)
         if diffs:
             raise ck.CheckpointError(f"{path} was written for another model: {'; '.join(diffs[:4])}")
-        ck.load_state_strict(self.net, ck.read_tensors(path, "model"), f"{path}/model.safetensors")
+        load_model_state(self.net, ck.read_tensors(path, "model"), f"{path}/model.safetensors")
         meta = json.loads((path / "state.json").read_text())
         state = ck.read_tensors(path, "state")
-        _load_optimizer(self.opt, state, meta["optimizer"])
+        load_optimizer_state(self.net, self.opt, state, meta["optimizer"])
         self.objective.load_extra_state({k[6:]: v for k, v in state.items() if k.startswith("extra.")})
         if self.ema is not None:
             ema = ck.read_tensors(path, "ema")
-            names = [n for n, p in self.net.named_parameters() if p.requires_grad]
-            self.ema = [ema[n].float().to(self.env.device) for n in names]
+            self.ema = [like_parameter(p, ema[n]) for n, p in zip(self.trained_names, self.trained)]
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.step = meta["step"]
@@ -214,7 +224,9 @@ class Trainer:
             images = images.to(self.env.device, non_blocking=True)
             labels = labels.to(self.env.device, non_blocking=True)
             sync = i == len(batches) - 1 or self.env.world == 1
-            ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+            if self.fsdp:
+                self.net.set_requires_gradient_sync(sync)
+            ctx = contextlib.nullcontext() if sync or self.fsdp else self.model.no_sync()
             with ctx:
                 with self._autocast():
                     loss, parts = self.model(images, labels, rng, self.step)

@@ -7,7 +7,8 @@ from epg.nn.encoder import RCM, Encoder, Projector
 from epg.nn.flops import Compute, model_compute
 from epg.nn.generator import Generator
 
-__all__ = ["RCM", "Compute", "Encoder", "Generator", "Projector", "build_generator", "build_rcm", "compute_of"]
+__all__ = ["RCM", "Compute", "Encoder", "Generator", "Projector", "build_generator", "build_rcm", "compute_of",
+           "set_activation_checkpointing"]
 
 
 def build_rcm(m: ModelConfig) -> RCM:
@@ -29,3 +30,8 @@ def compute_of(m: ModelConfig, stage: str) -> Compute:
                              proj_hidden=m.proj_hidden, proj_out=m.proj_out)
     return model_compute(m.img_size, m.patch, m.channels, m.enc_depth, m.enc_width, m.enc_depth, m.dec_width,
                          m.mlp_ratio)
+
+
+def set_activation_checkpointing(net: RCM | Generator, enabled: bool = True) -> None:
+    """Recompute transformer-block activations in the backward pass (memory for the largest presets)."""
+    net.encoder.checkpointing = enabled

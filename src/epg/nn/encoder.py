@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from epg.nn.layers import Block, GlobalBatchNorm1d
 from epg.noise import timestep_embedding
@@ -26,6 +27,7 @@ class Encoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 2 + self.num_patches, width))
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
+        self.checkpointing = False  # recompute block activations in backward (large presets)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
 
@@ -40,7 +42,7 @@ class Encoder(nn.Module):
         h = torch.cat([cls.to(patches.dtype), time, patches], dim=1) + self.pos_embed.to(patches.dtype)
         outs = []
         for blk in self.blocks:
-            h = blk(h)
+            h = checkpoint(blk, h, use_reentrant=False) if self.checkpointing and torch.is_grad_enabled() else blk(h)
             outs.append(h)
         return self.norm(h), outs
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from epg.nn.encoder import Encoder
 from epg.nn.layers import Attention, Mlp
@@ -89,8 +90,10 @@ class Generator(nn.Module):
         cls_add = self.class_embed(labels) if self.class_embed is not None else None
         h, enc_outs = self.encoder(x, c_noise, cls_add)
         h = self.enc_to_dec(h)
+        recompute = self.encoder.checkpointing and torch.is_grad_enabled()
         for i, (fuse, blk) in enumerate(zip(self.skips, self.blocks)):
-            h = blk(fuse(h, enc_outs[-1 - i]), c)
+            h = fuse(h, enc_outs[-1 - i])
+            h = checkpoint(blk, h, c, use_reentrant=False) if recompute else blk(h, c)
         out = self.head(self.head_norm(h[:, 2:]))
         return self.unpatchify(out)
 
