@@ -38,15 +38,15 @@ class SampleRNG:
     def _gens(self, stream: str) -> list[torch.Generator]:
         return [torch.Generator().manual_seed(mix_seed(self.seed, self.step, p, stream)) for p in self.positions]
 
-    def randn(self, stream: str, *shape: int) -> torch.Tensor:
-        """Standard normal draws of shape (B, *shape)."""
+    def randn(self, stream: str, *shape: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Standard normal draws of shape (B, *shape), on `device` (default: the step's device)."""
         out = torch.stack([torch.randn(shape, generator=g) for g in self._gens(stream)])
-        return out.to(self.device)
+        return out.to(device or self.device, non_blocking=True)
 
-    def rand(self, stream: str, *shape: int) -> torch.Tensor:
-        """Uniform [0, 1) draws of shape (B, *shape)."""
+    def rand(self, stream: str, *shape: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Uniform [0, 1) draws of shape (B, *shape), on `device` (default: the step's device)."""
         out = torch.stack([torch.rand(shape, generator=g) for g in self._gens(stream)])
-        return out.to(self.device)
+        return out.to(device or self.device, non_blocking=True)
 
     def step_generator(self, stream: str) -> torch.Generator:
         """One generator shared by every process for a draw made once per global step."""

@@ -238,7 +238,7 @@ class Trainer:
 
     def _apply_update(self, finite: torch.Tensor) -> None:
         cfg = self.cfg
-        if cfg.train.nonfinite == "skip" and not bool(finite):  # one host sync per step, only in skip mode
+        if cfg.train.nonfinite == "skip" and not bool(finite):  # host sync: only in skip mode, by design
             self.opt.zero_grad(set_to_none=True)
             return
         self.scaler.unscale_(self.opt)

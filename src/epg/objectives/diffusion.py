@@ -44,14 +44,15 @@ class DiffusionObjective(Objective):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, n, d = self.cfg, self.cfg.noise, self.cfg.diffusion
         x0 = self.prepare(images, rng, cfg.data.hflip)
-        idx = sample_lognormal_grid_index(rng.randn("sigma").cpu(), self.grid, d.p_mean, d.p_std)
+        # σ is drawn and snapped on the CPU, where the float64 grid lives: no device→host copy in the step.
+        idx = sample_lognormal_grid_index(rng.randn("sigma", device="cpu"), self.grid, d.p_mean, d.p_std)
         sigma = self.grid[idx]
         if d.weighting == "grid":
             weight = diffusion_grid_weight(idx, d.grid_points, n.sigma_min, n.sigma_max, n.rho)
         else:
             weight = edm_weight(sigma, n.sigma_data)
         dev = x0.device
-        sigma_s = (sigma * cfg.sigma_shift).float().to(dev)
+        sigma_s = (sigma * cfg.sigma_shift).float().to(dev, non_blocking=True)
         eps = rng.randn("eps", *x0.shape[1:])
         x = x0 + sigma_s.view(-1, 1, 1, 1) * eps
         y = None
@@ -59,5 +60,5 @@ class DiffusionObjective(Objective):
             y = drop_labels(labels, rng.rand("label-drop"), d.label_dropout, cfg.model.num_classes)
         x0_hat = x0_prediction(self.net, x, sigma_s, y, n.sigma_data).float()
         mse = ((x0_hat - x0) ** 2).mean(dim=(1, 2, 3))
-        loss = (weight.float().to(dev) * mse).mean()
+        loss = (weight.float().to(dev, non_blocking=True) * mse).mean()
         return loss, {"mse": mse.mean().detach()}

@@ -77,7 +77,7 @@ class PretrainObjective(Objective):
         n_points = discretization_steps(step, cfg.train.steps, p.s0, p.s1)
         grid = karras_sigmas(n_points, cfg.noise.sigma_min, cfg.noise.sigma_max, cfg.noise.rho)
         if p.per_sample_index:
-            n = (rng.rand("grid-index").cpu() * (n_points - 1)).long().clamp(max=n_points - 2)
+            n = (rng.rand("grid-index", device="cpu") * (n_points - 1)).long().clamp(max=n_points - 2)
         else:  # the same draw on every process: seeded by (seed, step) only, so no broadcast is needed
             n = torch.randint(0, n_points - 1, (1,), generator=rng.step_generator("grid-index")).expand(batch)
         return grid[n], grid[n + 1]
