@@ -14,10 +14,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from epg.engine.rng import mix_seed
 from epg.noise import NoiseConfig, karras_sigmas
 
 Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
@@ -212,7 +212,7 @@ def noise_generators(seed: int, indices: Sequence[int],
 
     Streams keep the initial noise and the sampler's later noise of the same sample independent.
     """
-    return [torch.Generator().manual_seed(_mixed_seed(seed, stream, int(i))) for i in indices]
+    return [torch.Generator().manual_seed(mix_seed(seed, "sampling", stream, int(i))) for i in indices]
 
 
 def initial_noise(num_total: int, shape: Sequence[int], seed: int,
@@ -222,12 +222,6 @@ def initial_noise(num_total: int, shape: Sequence[int], seed: int,
     if any(not 0 <= i < num_total for i in indices):
         raise ValueError(f"sample indices must lie in [0, {num_total})")
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in noise_generators(seed, indices)])
-
-
-def _mixed_seed(*keys: int) -> int:
-    # Hashing the keys (rather than seed·N + i) keeps nearby seeds' streams unrelated and sample i's noise
-    # independent of the total number of samples.
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
 
 
 def _randn_like(x: Tensor, generator: Generators) -> Tensor:

@@ -8,6 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+# SDPA backends Attention may use on CPU. The math path only: the fused (flash) CPU kernel's backward is 4-5x
+# slower at the short sequences this project trains there (66-258 tokens). benchmarks/throughput.py flips this
+# to [SDPBackend.FLASH_ATTENTION] to measure the ratio.
+CPU_SDPA_BACKENDS: list[SDPBackend] = [SDPBackend.MATH]
+
 
 class Attention(nn.Module):
     """Multi-head self-attention on SDPA; qkv without bias, output projection with bias (METHOD.md §2)."""
@@ -25,9 +30,7 @@ class Attention(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if q.device.type == "cpu":
-            # On CPU the fused (flash) kernel's backward is 4-5x slower than the math path at the short
-            # sequences this project trains there (66-258 tokens); see benchmarks/throughput.py.
-            with sdpa_kernel(SDPBackend.MATH):
+            with sdpa_kernel(CPU_SDPA_BACKENDS):
                 out = F.scaled_dot_product_attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v)

@@ -1,0 +1,424 @@
+"""Training and sampling throughput: images/s, achieved FLOP/s against a measured GEMM peak, peak memory per step.
+
+For each model and stage it times, after warm-up, the median of several engine-like steps on random uint8 images:
+pre-training, diffusion and consistency steps (forward + backward + AdamW + EMA, bf16 autocast like the engine)
+and one Heun denoiser evaluation with CFG (cond + uncond rows in one forward, no grad). Every (model, stage) runs
+in a fresh subprocess so its peak RSS (CPU) or `max_memory_allocated` (GPU) is its own. FLOPs are counted
+analytically (METHOD.md §2: 2 × MACs with the attention matmuls, × 3 for forward + backward); the peak is the best
+bf16/fp32 GEMM of the models' own shapes in the same run. Before/after ratios: CPU attention on the math path vs the
+fused kernel (`epg.nn.layers.CPU_SDPA_BACKENDS`), AdamW foreach vs for-loop. With CUDA, a GPU section times
+`epg-xl-16-in256` (bf16, flash attention, torch.compile) and reports MFU; without CUDA it is skipped with a note.
+
+    python benchmarks/throughput.py --quick --threads 1        # smoke test, a few minutes
+    python benchmarks/throughput.py --threads 2                # the full table, on a quiet machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from epg.config import Config
+from epg.engine.rng import SampleRNG
+from epg.engine.schedule import ema_update
+from epg.nn import build_generator, build_rcm, compute_of
+from epg.nn import layers as nn_layers
+from epg.nn.flops import model_compute
+from epg.objectives import ConsistencyObjective, build_objective
+from epg.objectives.diffusion import x0_prediction
+from epg.presets import get_preset
+from epg.sampling import guided_denoiser
+
+RESULTS = Path(__file__).parent / "results"
+ENC_B = {"model.enc_depth": 12, "model.enc_width": 768, "model.enc_heads": 12, "model.dec_width": 768,
+         "model.dec_heads": 12}
+# name → (preset, overrides, batch, --quick batch)
+CPU_MODELS = {
+    "fmnist-tiny": ("fmnist-tiny", {}, 32, 8),
+    "fmnist-small": ("fmnist-small", {}, 16, 8),
+    "fmnist-small-B": ("fmnist-small", ENC_B, 8, 2),  # the paper's B encoder (and a B-sized decoder), 66 tokens
+}
+GPU_MODELS = {"epg-xl-16-in256": ("epg-xl-16-in256", {}, 32, 8)}
+STAGES = ("pretrain", "diffusion", "consistency", "sampling")
+GPU_STAGES = ("diffusion", "sampling")
+SAMPLE_SIGMA = 1.0  # unshifted σ inside the guidance interval (0.19, 1.61]: the evaluation runs both CFG rows
+
+
+def model_config(name: str, stage: str, models: dict) -> Config:
+    preset, overrides, _, _ = models[name]
+    return get_preset(preset, "diffusion" if stage == "sampling" else stage, dict(overrides))
+
+
+def flops_per_image(cfg: Config, stage: str) -> float:
+    """Real FLOPs one image costs in one step (2 × MACs incl. attention; backward = 2 × forward)."""
+    m = cfg.model
+    encoder = model_compute(m.img_size, m.patch, m.channels, m.enc_depth, m.enc_width,
+                            mlp_ratio=m.mlp_ratio).forward_flops
+    rcm = compute_of(m, "pretrain").forward_flops  # encoder + projector (on the CLS vector only)
+    if stage == "pretrain":
+        branch = rcm if cfg.pretrain.consistency_features == "projector" else encoder  # default LN(CLS): no g
+        return (3 * branch  # consistency query h_θ(x0 + t_n'ε): forward + backward
+                + 1 * branch  # consistency target h_θ(x0 + t_{n+1}'ε): online net, no grad
+                + 2 * 3 * rcm  # contrastive queries g_θ(E_θ(y1)), g_θ(E_θ(y2)): forward + backward
+                + 2 * 1 * rcm)  # EMA-teacher keys for both views: forward only
+    generator = compute_of(m, "diffusion").forward_flops
+    if stage == "diffusion":
+        return 3 * generator  # x̂0 = G(c_in·x_σ, …): forward + backward
+    if stage == "sampling":
+        return 2 * generator  # cond + uncond rows of one CFG evaluation, forward only
+    w = rcm if cfg.consistency.aux_features == "projector" else encoder
+    aux = cfg.consistency.aux_weight > 0
+    return (3 * generator  # online f_θ(x_t, t'): forward + backward
+            + 1 * generator  # target f_θ(x_r, r'): same weights, no grad
+            + aux * 2 * w  # W(f_θ(x_t)): forward + backward to its input only (W is frozen: no weight gradients)
+            + aux * 1 * w)  # key W(x0): forward, no grad
+    # Not counted: InfoNCE logits (B × B × D per step, < 0.1 %), normalisations, AdamW/EMA (element-wise).
+
+
+def gemm_shapes(cfg: Config, batch: int) -> list[tuple[int, int, int]]:
+    """(rows, in, out) of the model's big linear layers: qkv (3w), fc1 (4w), fc2 (4w → w)."""
+    m = cfg.model
+    rows = ((m.img_size // m.patch) ** 2 + 2) * batch
+    return sorted({s for w in (m.enc_width, m.dec_width) for s in ((rows, w, 3 * w), (rows, w, 4 * w),
+                                                                    (rows, 4 * w, w))})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ------------------------------------------------------------------------------------------ child processes
+
+def peak_gemm(spec: dict) -> dict:
+    """GFLOP/s of F.linear at each shape, bf16 and fp32: median of `reps` timings after warm-up."""
+    device = torch.device(spec["device"])
+    calls = 20 if device.type == "cuda" else 1  # a GPU GEMM is too short to time one by one
+    out = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for rows, k, n in spec["shapes"]:
+            x = torch.randn(rows, k, device=device, dtype=dtype)
+            w = torch.randn(n, k, device=device, dtype=dtype)
+            times = []
+            for i in range(spec["reps"] + 2):
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    torch.nn.functional.linear(x, w)
+                _sync(device)
+                if i >= 2:
+                    times.append((time.perf_counter() - t0) / calls)
+            gflops = 2 * rows * k * n / statistics.median(times) / 1e9
+            out.append({"dtype": str(dtype).split(".")[-1], "shape": [rows, k, n], "gflops": round(gflops, 1)})
+    return {"gemm": out}
+
+
+def _precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def measure_step(spec: dict) -> dict:
+    """Median time of one engine-like step of (model, stage) with the spec's switches; peak memory."""
+    device = torch.device(spec["device"])
+    rss_import = _rss_mib()
+    models = GPU_MODELS if device.type == "cuda" else CPU_MODELS
+    stage, batch = spec["stage"], spec["batch"]
+    cfg = model_config(spec["model"], stage, models)
+    m = cfg.model
+    if spec["attention"] == "fused":
+        nn_layers.CPU_SDPA_BACKENDS = [torch.nn.attention.SDPBackend.FLASH_ATTENTION]
+    torch.manual_seed(0)
+    if stage == "consistency":  # the auxiliary loss needs W, a stage-1 network (random weights cost the same)
+        objective = ConsistencyObjective(cfg, build_generator(m), build_rcm(m))
+    else:
+        objective = build_objective(cfg, device, verbose=False)
+    objective.to(device)
+    net = objective.net
+    if spec["compile"]:
+        net.compile()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, m.channels, m.img_size, m.img_size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, max(m.num_classes, 1), (batch,), generator=g)
+    images, labels = images.to(device), labels.to(device)
+    autocast = _precision(device, spec["precision"])
+    step0 = cfg.optim.warmup_steps + 1  # past warm-up: gradient clipping on, as in steady-state training
+
+    if stage == "sampling":
+        objective.eval()
+        shift = cfg.sigma_shift
+        denoiser = guided_denoiser(lambda x, s, y: x0_prediction(net, x, s, y, cfg.noise.sigma_data).float(),
+                                   cfg.sample.cfg_scale, m.num_classes, shift)
+        x = torch.randn(batch, m.channels, m.img_size, m.img_size, generator=g).to(device)
+        sigma = torch.full((batch,), SAMPLE_SIGMA * shift, device=device)
+
+        @torch.no_grad()
+        def step(k: int) -> dict[str, float]:
+            with autocast:
+                denoiser(x, sigma, labels if m.num_classes else None)
+            return {}
+    else:
+        objective.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        kind = spec["adamw"]
+        opt = torch.optim.AdamW(params, lr=1e-5, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+                                fused=True if kind == "fused" else None, foreach=kind == "foreach")
+        ema = [p.detach().clone().float() for p in params] if cfg.optim.ema > 0 else None
+
+        def step(k: int) -> dict[str, float]:
+            opt.zero_grad(set_to_none=True)
+            rng = SampleRNG(cfg.train.seed, step0 + k, torch.arange(batch) + (step0 + k) * batch, device)
+            with autocast:
+                loss, _ = objective(images, labels, rng, step0 + k)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
+            _sync(device)
+            t_opt = time.perf_counter()
+            opt.step()
+            _sync(device)
+            t_adamw = time.perf_counter() - t_opt
+            if ema is not None:
+                ema_update(ema, params, cfg.optim.ema)
+            objective.after_optimizer_step(step0 + k)  # stage 1: the EMA teacher
+            return {"adamw_s": t_adamw}
+
+    sdpa = (torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+            if device.type == "cuda" and spec["attention"] == "flash" else contextlib.nullcontext())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, parts = [], []
+    with sdpa:
+        for k in range(spec["warmup"] + spec["reps"]):
+            _sync(device)
+            t0 = time.perf_counter()
+            part = step(k)
+            _sync(device)
+            if k >= spec["warmup"]:
+                times.append(time.perf_counter() - t0)
+                parts.append(part)
+    seconds = statistics.median(times)
+    flops = flops_per_image(cfg, stage) * batch
+    out = {"seconds": seconds, "times": [round(t, 4) for t in times], "images_per_s": batch / seconds,
+           "gflop_per_image": flops / batch / 1e9, "achieved_gflops": flops / seconds / 1e9,
+           "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "rss_import_mib": rss_import,
+           "peak_rss_mib": _rss_mib()}
+    if parts and parts[0]:
+        out["adamw_seconds"] = statistics.median(p["adamw_s"] for p in parts)
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def child_main(mode: str, spec: dict) -> None:
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    result = peak_gemm(spec) if mode == "peak" else measure_step(spec)
+    print(json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------------ the parent
+
+def run_child(mode: str, spec: dict, timeout: float = 3600) -> dict:
+    env = dict(os.environ)
+    if spec["threads"]:
+        env["OMP_NUM_THREADS"] = str(spec["threads"])  # no oversubscription while torch starts up
+    cmd = [sys.executable, __file__, f"--{mode}", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def peaks_of(gemm: list[dict]) -> dict[str, dict]:
+    best: dict[str, dict] = {}
+    for r in gemm:
+        if r["dtype"] not in best or r["gflops"] > best[r["dtype"]]["gflops"]:
+            best[r["dtype"]] = r
+    return best
+
+
+def section(device: str, models: dict, stages: tuple[str, ...], args: argparse.Namespace, base: dict,
+            ratios: bool) -> dict:
+    """Peak GEMM, then every (model, stage) and the before/after pairs, each in its own process."""
+    batches = {name: row[3] if args.quick else row[2] for name, row in models.items()}
+    if args.batch:
+        batches = dict.fromkeys(models, args.batch)
+    shapes = sorted({s for name in models for s in gemm_shapes(model_config(name, "diffusion", models),
+                                                                 batches[name])})
+    print(f"[{device}] peak GEMM over {len(shapes)} shapes …", flush=True)
+    gemm = run_child("peak", {**base, "shapes": shapes}).get("gemm", [])
+    peaks = peaks_of(gemm)
+    peak = max((p["gflops"] for p in peaks.values()), default=float("nan"))
+    rows, pairs = [], []
+    for name in models:
+        for stage in stages:
+            spec = {**base, "model": name, "stage": stage, "batch": batches[name]}
+            print(f"[{device}] {name} {stage} (batch {batches[name]}) …", flush=True)
+            r = run_child("one", spec)
+            r.update(model=name, stage=stage, batch=batches[name])
+            if "achieved_gflops" in r:
+                r["percent_of_peak"] = 100 * r["achieved_gflops"] / peak
+            rows.append(r)
+            print(f"    {_short(r)}", flush=True)
+        if not ratios:
+            continue
+        before_after = [("diffusion", "attention", "fused", "step"), ("sampling", "attention", "fused", "step"),
+                        ("diffusion", "adamw", "forloop", "adamw")]
+        for stage, switch, other, what in before_after:
+            ref = next(r for r in rows if r["model"] == name and r["stage"] == stage)
+            print(f"[{device}] {name} {stage} with {switch}={other} …", flush=True)
+            alt = run_child("one", {**base, "model": name, "stage": stage, "batch": batches[name], switch: other})
+            key = "adamw_seconds" if what == "adamw" else "seconds"
+            pair = {"model": name, "stage": stage, "switch": switch, "before": base[switch], "after": other,
+                    "timed": what, "before_s": ref.get(key), "after_s": alt.get(key),
+                    "after_step_s": alt.get("seconds"), "error": alt.get("error")}
+            if pair["before_s"] and pair["after_s"]:
+                pair["ratio"] = pair["after_s"] / pair["before_s"]
+            pairs.append(pair)
+            print(f"    {pair.get('ratio', alt.get('error'))}", flush=True)
+    return {"device": device, "gemm": gemm, "peaks": peaks, "peak_gflops": peak, "rows": rows, "pairs": pairs}
+
+
+def _short(r: dict) -> str:
+    if "error" in r:
+        return f"error: {r['error']}"
+    return f"{r['seconds'] * 1e3:.0f} ms, {r['images_per_s']:.1f} img/s, {r['achieved_gflops']:.1f} GFLOP/s"
+
+
+def render(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"# Throughput ({'quick' if report['quick'] else 'full'} run)", "",
+             f"torch {env['torch']}, {env['cpu']}, {env['cpus']} CPUs, {env['threads']} thread(s); "
+             f"load average before {env['loadavg_before']} / after {env['loadavg_after']}"
+             f"{' — OTHER LOAD PRESENT: numbers are pessimistic' if env['other_load'] else ''}; "
+             f"median of {report['reps']} timed steps after {report['warmup']} warm-up; "
+             f"wall time {report['wall_s']:.0f} s.", ""]
+    for sec in report["sections"]:
+        if "note" in sec:
+            lines += [f"**{sec['device']}**: {sec['note']}", ""]
+            continue
+        mem = "peak CUDA MiB" if sec["device"] == "cuda" else "peak RSS MiB"
+        lines += [f"## {sec['device']}", "",
+                  "Peak dense GEMM (F.linear, the models' shapes): " + ", ".join(
+                      f"{d} {p['gflops']:.0f} GFLOP/s at {'×'.join(map(str, p['shape']))}"
+                      for d, p in sec["peaks"].items()) + f"; peak = {sec['peak_gflops']:.0f} GFLOP/s.", "",
+                  f"| model | stage | batch | params M | step ms | img/s | GFLOP/img | GFLOP/s | % of peak | {mem} |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sec["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['model']} | {r['stage']} | {r['batch']} | error: {r['error']} ||||||")
+                continue
+            memory = r.get("peak_cuda_mib", r["peak_rss_mib"])
+            lines.append(f"| {r['model']} | {r['stage']} | {r['batch']} | {r['params_m']:.1f} | "
+                         f"{r['seconds'] * 1e3:.0f} | {r['images_per_s']:.1f} | {r['gflop_per_image']:.2f} | "
+                         f"{r['achieved_gflops']:.1f} | {r['percent_of_peak']:.0f} | {memory:.0f} |")
+        if sec["rows"] and sec["device"] == "cpu":
+            base = min(r.get("rss_import_mib", 1e9) for r in sec["rows"])
+            lines += ["", f"RSS includes the Python + torch process ({base:.0f} MiB right after the imports). "
+                      "Sampling = one Heun evaluation with CFG (2 forwards per image); a 75-NFE sample costs "
+                      "≈ 37.5 of them."]
+        if sec["pairs"]:
+            lines += ["", "| model | stage | switch | before | after | timed | before ms | after ms | after/before |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for p in sec["pairs"]:
+                ratio = f"{p['ratio']:.2f}×" if "ratio" in p else f"error: {p['error']}"
+                ms = [f"{v * 1e3:.1f}" if v else "-" for v in (p["before_s"], p["after_s"])]
+                lines.append(f"| {p['model']} | {p['stage']} | {p['switch']} | {p['before']} | {p['after']} | "
+                             f"{'AdamW step' if p['timed'] == 'adamw' else 'whole step'} | {ms[0]} | {ms[1]} | "
+                             f"{ratio} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small batches, 1 warm-up + 2 timed steps")
+    p.add_argument("--presets", nargs="*", default=list(CPU_MODELS), choices=list(CPU_MODELS),
+                   help="CPU models to measure (none: skip the CPU section)")
+    p.add_argument("--gpu-presets", nargs="*", default=list(GPU_MODELS), choices=list(GPU_MODELS))
+    p.add_argument("--reps", type=int, default=None, help="timed steps per measurement (default 5, quick 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2, quick 1; GPU +2)")
+    p.add_argument("--batch", type=int, default=0, help="one batch size for every model (default: per model)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
+    p.add_argument("--no-ratios", action="store_true", help="skip the before/after pairs")
+    p.add_argument("--out", type=Path, default=RESULTS / "throughput")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--peak", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one or args.peak:
+        child_main("one" if args.one else "peak", json.loads(args.one or args.peak))
+        return
+    reps = args.reps or (2 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    threads = args.threads or torch.get_num_threads()
+    start, load_before = time.perf_counter(), loadavg()
+    sections = []
+    if args.presets:
+        base = {"device": "cpu", "threads": threads, "reps": reps, "warmup": warmup, "precision": "bf16",
+                "attention": "math", "adamw": "foreach", "compile": False}
+        models = {k: CPU_MODELS[k] for k in args.presets}
+        sections.append(section("cpu", models, STAGES, args, base, not args.no_ratios))
+    if args.gpu_presets and torch.cuda.is_available():
+        base = {"device": "cuda", "threads": 0, "reps": reps, "warmup": warmup + 2, "precision": "bf16",
+                "attention": "flash", "adamw": "fused", "compile": True}
+        models = {k: GPU_MODELS[k] for k in args.gpu_presets}
+        sections.append(section("cuda", models, GPU_STAGES, args, base, False))
+    elif args.gpu_presets:
+        note = "skipped: CUDA is not available (this section times epg-xl-16-in256 with bf16, flash, compile)"
+        print(f"[cuda] {note}", flush=True)
+        sections.append({"device": "cuda", "note": note})
+    load_after = loadavg()
+    # Before the run nothing of ours is running: a 1-minute load above half a core is somebody else's.
+    env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
+           "cpus": os.cpu_count(), "threads": threads, "loadavg_before": load_before, "loadavg_after": load_after,
+           "other_load": bool(load_before and load_before[0] > 0.5),
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    report = {"quick": args.quick, "reps": reps, "warmup": warmup, "wall_s": time.perf_counter() - start,
+              "environment": env, "sections": sections}
+    text = render(report)
+    print("\n" + text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"written {args.out.with_suffix('.md')} and .json")
+
+
+if __name__ == "__main__":
+    main()
