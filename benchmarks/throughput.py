@@ -6,8 +6,10 @@ and one Heun denoiser evaluation with CFG (cond + uncond rows in one forward, no
 in a fresh subprocess so its peak RSS (CPU) or `max_memory_allocated` (GPU) is its own. FLOPs are counted
 analytically (METHOD.md §2: 2 × MACs with the attention matmuls, × 3 for forward + backward); the peak is the best
 bf16/fp32 GEMM of the models' own shapes in the same run. Before/after ratios: CPU attention on the math path vs the
-fused kernel (`epg.nn.layers.CPU_SDPA_BACKENDS`), AdamW foreach vs for-loop. With CUDA, a GPU section times
-`epg-xl-16-in256` (bf16, flash attention, torch.compile) and reports MFU; without CUDA it is skipped with a note.
+fused kernel (`epg.nn.layers.CPU_SDPA_BACKENDS`), AdamW for-loop (the engine's CPU choice) vs foreach, and glibc
+malloc told to keep freed memory (large step-sized temporaries are otherwise unmapped and faulted in every step).
+With CUDA, a GPU section times `epg-xl-16-in256` (bf16, flash attention, torch.compile) and reports MFU against the
+GPU's measured bf16 GEMM peak; without CUDA it is skipped with a note.
 
     python benchmarks/throughput.py --quick --threads 1        # smoke test, a few minutes
     python benchmarks/throughput.py --threads 2                # the full table, on a quiet machine
@@ -52,6 +54,7 @@ CPU_MODELS = {
 GPU_MODELS = {"epg-xl-16-in256": ("epg-xl-16-in256", {}, 32, 8)}
 STAGES = ("pretrain", "diffusion", "consistency", "sampling")
 GPU_STAGES = ("diffusion", "sampling")
+TIMED = {"fwd_bwd": "forward + backward", "adamw": "AdamW step", "": "whole step"}
 SAMPLE_SIGMA = 1.0  # unshifted σ inside the guidance interval (0.19, 1.61]: the evaluation runs both CFG rows
 
 
@@ -182,11 +185,14 @@ def measure_step(spec: dict) -> dict:
         ema = [p.detach().clone().float() for p in params] if cfg.optim.ema > 0 else None
 
         def step(k: int) -> dict[str, float]:
+            t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             rng = SampleRNG(cfg.train.seed, step0 + k, torch.arange(batch) + (step0 + k) * batch, device)
             with autocast:
                 loss, _ = objective(images, labels, rng, step0 + k)
             loss.backward()
+            _sync(device)
+            t_fwd_bwd = time.perf_counter() - t0
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
             _sync(device)
@@ -197,7 +203,7 @@ def measure_step(spec: dict) -> dict:
             if ema is not None:
                 ema_update(ema, params, cfg.optim.ema)
             objective.after_optimizer_step(step0 + k)  # stage 1: the EMA teacher
-            return {"adamw_s": t_adamw}
+            return {"fwd_bwd_s": t_fwd_bwd, "adamw_s": t_adamw}
 
     sdpa = (torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
             if device.type == "cuda" and spec["attention"] == "flash" else contextlib.nullcontext())
@@ -219,8 +225,8 @@ def measure_step(spec: dict) -> dict:
            "gflop_per_image": flops / batch / 1e9, "achieved_gflops": flops / seconds / 1e9,
            "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "rss_import_mib": rss_import,
            "peak_rss_mib": _rss_mib()}
-    if parts and parts[0]:
-        out["adamw_seconds"] = statistics.median(p["adamw_s"] for p in parts)
+    for key in parts[0] if parts else ():
+        out[key.replace("_s", "_seconds")] = statistics.median(p[key] for p in parts)
     if device.type == "cuda":
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -239,6 +245,8 @@ def run_child(mode: str, spec: dict, timeout: float = 3600) -> dict:
     env = dict(os.environ)
     if spec["threads"]:
         env["OMP_NUM_THREADS"] = str(spec["threads"])  # no oversubscription while torch starts up
+    if spec.get("malloc") == "no-trim":  # glibc keeps freed blocks instead of unmapping them: no page faults
+        env.update(MALLOC_MMAP_THRESHOLD_=str(2**32), MALLOC_TRIM_THRESHOLD_=str(2**36))
     cmd = [sys.executable, __file__, f"--{mode}", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -289,13 +297,13 @@ def section(device: str, models: dict, stages: tuple[str, ...], args: argparse.N
             print(f"    {_short(r)}", flush=True)
         if not ratios:
             continue
-        before_after = [("diffusion", "attention", "fused", "step"), ("sampling", "attention", "fused", "step"),
-                        ("diffusion", "adamw", "forloop", "adamw")]
+        before_after = [("diffusion", "attention", "fused", "fwd_bwd"), ("sampling", "attention", "fused", ""),
+                        ("diffusion", "adamw", "foreach", "adamw"), ("diffusion", "malloc", "no-trim", "adamw")]
         for stage, switch, other, what in before_after:
             ref = next(r for r in rows if r["model"] == name and r["stage"] == stage)
             print(f"[{device}] {name} {stage} with {switch}={other} …", flush=True)
             alt = run_child("one", {**base, "model": name, "stage": stage, "batch": batches[name], switch: other})
-            key = "adamw_seconds" if what == "adamw" else "seconds"
+            key = f"{what}_seconds" if what else "seconds"
             pair = {"model": name, "stage": stage, "switch": switch, "before": base[switch], "after": other,
                     "timed": what, "before_s": ref.get(key), "after_s": alt.get(key),
                     "after_step_s": alt.get("seconds"), "error": alt.get("error")}
@@ -329,15 +337,17 @@ def render(report: dict) -> str:
                   "Peak dense GEMM (F.linear, the models' shapes): " + ", ".join(
                       f"{d} {p['gflops']:.0f} GFLOP/s at {'×'.join(map(str, p['shape']))}"
                       for d, p in sec["peaks"].items()) + f"; peak = {sec['peak_gflops']:.0f} GFLOP/s.", "",
-                  f"| model | stage | batch | params M | step ms | img/s | GFLOP/img | GFLOP/s | % of peak | {mem} |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| model | stage | batch | params M | step ms | of which AdamW ms | img/s | GFLOP/img | GFLOP/s "
+                  f"| % of peak | {mem} |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sec["rows"]:
             if "error" in r:
-                lines.append(f"| {r['model']} | {r['stage']} | {r['batch']} | error: {r['error']} ||||||")
+                lines.append(f"| {r['model']} | {r['stage']} | {r['batch']} | error: {r['error']} |||||||")
                 continue
             memory = r.get("peak_cuda_mib", r["peak_rss_mib"])
+            adamw = f"{r['adamw_seconds'] * 1e3:.0f}" if "adamw_seconds" in r else "-"
             lines.append(f"| {r['model']} | {r['stage']} | {r['batch']} | {r['params_m']:.1f} | "
-                         f"{r['seconds'] * 1e3:.0f} | {r['images_per_s']:.1f} | {r['gflop_per_image']:.2f} | "
+                         f"{r['seconds'] * 1e3:.0f} | {adamw} | {r['images_per_s']:.1f} | {r['gflop_per_image']:.2f} | "
                          f"{r['achieved_gflops']:.1f} | {r['percent_of_peak']:.0f} | {memory:.0f} |")
         if sec["rows"] and sec["device"] == "cpu":
             base = min(r.get("rss_import_mib", 1e9) for r in sec["rows"])
@@ -351,7 +361,7 @@ def render(report: dict) -> str:
                 ratio = f"{p['ratio']:.2f}×" if "ratio" in p else f"error: {p['error']}"
                 ms = [f"{v * 1e3:.1f}" if v else "-" for v in (p["before_s"], p["after_s"])]
                 lines.append(f"| {p['model']} | {p['stage']} | {p['switch']} | {p['before']} | {p['after']} | "
-                             f"{'AdamW step' if p['timed'] == 'adamw' else 'whole step'} | {ms[0]} | {ms[1]} | "
+                             f"{TIMED[p['timed']]} | {ms[0]} | {ms[1]} | "
                              f"{ratio} |")
         lines.append("")
     return "\n".join(lines)
@@ -371,7 +381,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small batches, 1 warm-up + 2 timed steps")
     p.add_argument("--presets", nargs="*", default=list(CPU_MODELS), choices=list(CPU_MODELS),
-                   help="CPU models to measure (none: skip the CPU section)")
+                   help="CPU models to measure (`--presets` with no name: skip the CPU section)")
     p.add_argument("--gpu-presets", nargs="*", default=list(GPU_MODELS), choices=list(GPU_MODELS))
     p.add_argument("--reps", type=int, default=None, help="timed steps per measurement (default 5, quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2, quick 1; GPU +2)")
@@ -392,7 +402,7 @@ def main() -> None:
     sections = []
     if args.presets:
         base = {"device": "cpu", "threads": threads, "reps": reps, "warmup": warmup, "precision": "bf16",
-                "attention": "math", "adamw": "foreach", "compile": False}
+                "attention": "math", "adamw": "forloop", "malloc": "default", "compile": False}
         models = {k: CPU_MODELS[k] for k in args.presets}
         sections.append(section("cpu", models, STAGES, args, base, not args.no_ratios))
     if args.gpu_presets and torch.cuda.is_available():

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# SDPA backends Attention may use on CPU. The math path only: the fused (flash) CPU kernel's backward is 4-5x
-# slower at the short sequences this project trains there (66-258 tokens). benchmarks/throughput.py flips this
-# to [SDPBackend.FLASH_ATTENTION] to measure the ratio.
+# SDPA backends Attention may use on CPU (benchmarks/throughput.py flips it to measure the alternative). The
+# math path: the fused CPU kernel's backward measured 4-5x slower on the attention op alone at 66 tokens with
+# 2 threads; at these sequence lengths attention is a small share of a step (see benchmarks/results).
 CPU_SDPA_BACKENDS: list[SDPBackend] = [SDPBackend.MATH]
 
 
