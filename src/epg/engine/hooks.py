@@ -80,7 +80,9 @@ def fid_hook(trainer, step: int) -> dict:
     feats = gather_cat(torch.from_numpy(np.ascontiguousarray(feats)).to(env.device)).cpu().double().numpy()
     fid = float("nan")
     if env.is_main:
-        ref = reference_statistics(eval_reference(cfg), None, network, need_features=False)
+        # As many reference images as samples (cached after the first call); a full ADM reference batch of that
+        # size uses its precomputed statistics.
+        ref = reference_statistics(eval_reference(cfg), n, network, need_features=False)
         mu, sigma = feature_statistics(feats)
         fid = frechet_distance(mu, sigma, ref.mu, ref.sigma)
     return {"fid": fid} if env.is_main else {}
