@@ -120,6 +120,10 @@ class Trainer:
         if getattr(self.dataset, "channels", cfg.model.channels) != cfg.model.channels:
             raise ConfigError(f"the data has {self.dataset.channels} channels but model.channels is "
                               f"{cfg.model.channels}")
+        data_classes = getattr(self.dataset, "num_classes", 0)
+        if cfg.model.num_classes and data_classes > cfg.model.num_classes:
+            raise ConfigError(f"the data has {data_classes} classes but model.num_classes is {cfg.model.num_classes}; "
+                              f"set --model.num_classes {data_classes} (or 0 for an unconditional model)")
         self.ckpt_root = self.run_dir / "checkpoints"
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
