@@ -119,6 +119,8 @@ def main() -> None:
     p.add_argument("--fid-num", type=int, default=1000)
     p.add_argument("--arms", nargs="*", default=["diffusion", "consistency"],
                    help="objectives to run (each with a pre-trained and a random encoder)")
+    p.add_argument("--inits", nargs="*", default=["pretrained", "scratch"],
+                   help="encoder initialisations to run (split arms over processes; never run one arm twice at once)")
     p.add_argument("--work", type=Path, default=Path("runs/pretrain_vs_scratch"))
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--report", action="store_true", help="only write the table from finished arms")
@@ -128,7 +130,7 @@ def main() -> None:
     if not args.report:
         pre = pretrain(args)
         for objective in args.arms:
-            for init in ("pretrained", "scratch"):
+            for init in args.inits:
                 finetune_arm(args, objective, init, pre)
     report(args)
 
