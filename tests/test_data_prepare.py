@@ -229,11 +229,14 @@ def test_crash_with_worker_processes_resumes(prepared, tmp_path):
 
     with pytest.raises(_Crash):
         prepare_folder(root, out, RES, workers=2, shard_size=2, on_shard_done=crash, progress=False)
-    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
-    assert 2 <= len(finished) < 14  # no shard starts after the crash; running ones finish (shard + record)
+    # How many shards the pool finished before the crash reached the parent depends on the machine's load:
+    # what must hold is that exactly the shards with a record are kept and the others are (re)done.
+    records = {p.stem for p in out.glob("shard-*.json")}
+    assert records
+    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*") if p.stem in records}
     redone: list[int] = []
     prepare_folder(root, out, RES, workers=2, shard_size=2, on_shard_done=redone.append, progress=False)
-    assert len(redone) == 7 - len(finished) // 2
+    assert len(redone) == 7 - len(records)
     assert {name: (out / name).stat().st_mtime_ns for name in finished} == finished
     assert _snapshot(out) == _snapshot(clean)
 
