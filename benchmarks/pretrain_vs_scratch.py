@@ -22,7 +22,7 @@ import torch
 
 from epg.engine.checkpoint import load_network
 from epg.engine.hooks import eval_reference, knn_probe
-from epg.engine.runlog import save_image_grid
+from epg.engine.runlog import class_rows, save_image_grid
 from epg.engine.trainer import NonFiniteLossError, Trainer
 from epg.generate import generate
 from epg.metrics import fid_against
@@ -75,9 +75,9 @@ def finetune_arm(args: argparse.Namespace, objective: str, init: str, pre: dict)
         t1 = time.perf_counter()
         images, labels, nfe = generate(net, cfg, range(args.fid_num), args.fid_num, seed=0, batch_size=250)
         info["sample_seconds"] = round(time.perf_counter() - t1, 1)
-        order = torch.argsort(labels[:200], stable=True)[:100]
+        order = class_rows(labels, 10)  # one row per class
         grid = args.results / f"pretrain_vs_scratch_{name}.png"
-        save_image_grid(images[:200][order], grid, cols=10, scale=3)
+        save_image_grid(images[order], grid, cols=10, scale=3)
         fid = fid_against(images, eval_reference(cfg), num_ref=args.fid_num)
         info.update(status="ok" if math.isfinite(fid) else "diverged", fid=fid, nfe=nfe, grid=str(grid))
     out.write_text(json.dumps(info, indent=2))

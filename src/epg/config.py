@@ -67,6 +67,7 @@ class OptimConfig:
     factors: tuple[float, ...] = ()
     grad_clip: float = 0.0  # 0 = off; applied after warm-up
     ema: float = 0.9999  # 0 = no EMA
+    ema_warmup: bool = True  # decay min(ema, (1 + step)/(10 + step)): early weights do not linger in short runs
 
 
 @dataclass
@@ -114,7 +115,7 @@ class DiffusionConfig:
     p_mean: float = -1.2
     p_std: float = 1.6
     grid_points: int = 1280
-    weighting: str = "grid"  # grid | edm
+    weighting: str = "grid"  # grid | edm | uniform (plain x0 MSE; the CPU presets, see presets.py)
     label_dropout: float = 0.1
 
 
@@ -237,7 +238,7 @@ _CHOICES = {
     "optim.schedule": ("cosine", "steps", "constant"),
     "optim.wd_exclude": ("none", "pos_cls"), "train.precision": ("bf16", "fp16", "fp32"),
     "train.nonfinite": ("stop", "skip"), "pretrain.tau2_schedule": ("cosine", "constant"),
-    "pretrain.consistency_features": ("cls", "projector"), "diffusion.weighting": ("grid", "edm"),
+    "pretrain.consistency_features": ("cls", "projector"), "diffusion.weighting": ("grid", "edm", "uniform"),
     "consistency.aux_features": ("projector", "cls"), "sample.sampler": ("heun", "euler", "stochastic", "consistency"),
     "sample.grid": ("edm", "official"), "sample.labels": ("balanced", "frequency"),
 }

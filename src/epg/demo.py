@@ -13,7 +13,7 @@ import torch
 from epg.engine.checkpoint import load_network
 from epg.engine.hooks import eval_reference, knn_probe
 from epg.engine.plot import plot_run
-from epg.engine.runlog import save_image_grid
+from epg.engine.runlog import class_rows, save_image_grid
 from epg.engine.trainer import Trainer
 from epg.generate import generate
 from epg.presets import get_preset
@@ -53,8 +53,8 @@ def run_demo(run_dir: str | Path, quick: bool = False, preset: str = "fmnist-tin
     net, cfg, _ = load_network(ft_result.checkpoint)
     images, labels, nfe = generate(net, cfg, range(n_fid), n_fid, seed=0, batch_size=250)
     np.savez(run_dir / "samples.npz", arr_0=images.permute(0, 2, 3, 1).numpy(), arr_1=labels.numpy())
-    order = torch.argsort(labels[:200], stable=True)[:100] if labels is not None else torch.arange(100)
-    grid = save_image_grid(images[:200][order], run_dir / "samples.png", cols=10, scale=3)
+    order = class_rows(labels, 10) if labels is not None else torch.arange(100)  # row = class
+    grid = save_image_grid(images[order], run_dir / "samples.png", cols=10, scale=3)
     timings["sample_s"] = time.perf_counter() - t2
 
     t3 = time.perf_counter()

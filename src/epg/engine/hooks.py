@@ -60,7 +60,8 @@ def sample_grid_hook(trainer, step: int) -> dict:
     n = 100 if cfg.model.num_classes == 10 else 64
     net = eval_network(trainer)
     if trainer.env.is_main:
-        images, _, _ = generate(net, cfg, range(n), n, seed=cfg.sample.seed)
+        labels = torch.arange(10).repeat_interleave(10) if n == 100 else None  # one row per class
+        images, _, _ = generate(net, cfg, range(n), n, seed=cfg.sample.seed, labels=labels)
         path = trainer.run_dir / "samples" / f"step-{step:08d}.png"
         save_image_grid(images, path, cols=10 if n == 100 else None, scale=max(1, 64 // cfg.model.img_size))
     barrier()

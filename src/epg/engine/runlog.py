@@ -26,6 +26,13 @@ def image_grid(images: torch.Tensor, cols: int | None = None) -> Image.Image:
     return Image.fromarray(grid[..., 0] if c == 1 else grid)
 
 
+def class_rows(labels: torch.Tensor, per_class: int = 10) -> torch.Tensor:
+    """Indices that lay a labelled sample set out as one row per class: the first `per_class` of each class,
+    classes in increasing order (a class with fewer samples gets a shorter share)."""
+    rows = [torch.nonzero(labels == c).flatten()[:per_class] for c in torch.unique(labels, sorted=True)]
+    return torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
+
+
 def save_image_grid(images: torch.Tensor, path: Path, cols: int | None = None, scale: int = 1) -> Path:
     """Write a sample grid PNG (optionally upscaled with nearest-neighbour for small images)."""
     img = image_grid(images, cols)

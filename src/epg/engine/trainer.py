@@ -21,7 +21,7 @@ from epg.engine import checkpoint as ck
 from epg.engine.distributed import DistEnv, all_reduce_mean, barrier, init_distributed
 from epg.engine.rng import SampleRNG, mix_seed
 from epg.engine.runlog import RunLogger
-from epg.engine.schedule import ema_update, learning_rate
+from epg.engine.schedule import ema_decay, ema_update, learning_rate
 from epg.engine.state import (
     full_tensor,
     like_parameter,
@@ -253,7 +253,7 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         if self.ema is not None:
-            ema_update(self.ema, self.trained, cfg.optim.ema)
+            ema_update(self.ema, self.trained, ema_decay(self.step, cfg.optim))
         self.objective.after_optimizer_step(self.step)
 
     # ---------------------------------------------------------------- the loop

@@ -49,8 +49,10 @@ class DiffusionObjective(Objective):
         sigma = self.grid[idx]
         if d.weighting == "grid":
             weight = diffusion_grid_weight(idx, d.grid_points, n.sigma_min, n.sigma_max, n.rho)
-        else:
+        elif d.weighting == "edm":
             weight = edm_weight(sigma, n.sigma_data)
+        else:  # "uniform": λ = 1
+            weight = torch.ones_like(sigma)
         dev = x0.device
         sigma_s = (sigma * cfg.sigma_shift).float().to(dev, non_blocking=True)
         eps = rng.randn("eps", *x0.shape[1:])
