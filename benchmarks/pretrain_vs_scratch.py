@@ -105,6 +105,10 @@ def report(args: argparse.Namespace) -> None:
         paper = PAPER[r["objective"]][0 if r["init"] == "pretrained" else 1]
         lines.append(f"| {r['objective']} | {r['init']} | {r['steps']} | {r['seconds']:.0f} | {total:.0f} | "
                      f"{r.get('nfe', '-')} | {fid} | {paper} |")
+    lines += ["", "Read with: the consistency arm from scratch has no stage-1 network, so it trains without the "
+              "auxiliary InfoNCE term (METHOD.md §5) and costs less per step; the stage-1 row is reused from an "
+              "earlier run when `pretrain.json` exists (its seconds are from that run); FID on 1 000 samples has "
+              "a large bias and differences of a few points are noise."]
     table = "\n".join(lines) + "\n"
     (args.results / "pretrain_vs_scratch.md").write_text(table)
     (args.results / "pretrain_vs_scratch.json").write_text(json.dumps({"pretrain": pre, "arms": rows}, indent=2))

@@ -2,8 +2,14 @@
 
 For a checkpoint it prints (1) x̂0's MSE against x0 at several true noise levels, next to the MSE of simply
 copying the noisy input, and (2) how much x̂0 changes when only the σ it is conditioned on changes (input fixed,
-noised at σ_probe). A network that has learnt the conditioning copies its input at low σ and changes its output
-strongly with the conditioning σ; a σ-blind one does neither.
+noised at σ_probe). A network that has learnt to denoise copies its input at low σ and predicts close to the
+class mean at high σ (MSE ≈ 0.16 on Fashion-MNIST). How much it relies on the conditioning σ (rather than on the
+input's own statistics) shows in the second column.
+
+Measured (demo diffusion run, fmnist-tiny, 1 500 steps, online weights): with the paper's grid weight the
+network neither copied (x̂0 MSE 0.054 at σ = 0.002) nor denoised (0.65 at σ = 80) and ignored σ (≤ 0.005);
+with the CPU presets' plain x0 MSE: 0.0033 at σ = 0.002, 0.23 at σ = 80, output change up to 0.066 at high σ.
+Both are in `results/demo/sigma_sensitivity*.json`.
 
     python benchmarks/sigma_sensitivity.py runs/demo/diffusion [--online] [--json out.json]
 """
