@@ -19,7 +19,7 @@ from epg.generate import generate
 from epg.presets import get_preset
 
 # (pretrain steps, finetune steps, FID samples); sized for ~25 min (full) and ~3 min (quick) on 2 cores.
-BUDGETS = {"full": (250, 1500, 1000), "quick": (30, 60, 100)}
+BUDGETS = {"full": (250, 2000, 1000), "quick": (30, 60, 100)}
 
 
 def run_demo(run_dir: str | Path, quick: bool = False, preset: str = "fmnist-tiny") -> dict:
