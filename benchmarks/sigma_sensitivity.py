@@ -30,20 +30,33 @@ from epg.pixels import normalize
 SIGMAS = (0.002, 0.05, 0.2, 1.0, 10.0, 80.0)  # unshifted
 
 
-@torch.no_grad()
-def probe(checkpoint: str, online: bool, n: int = 64, sigma_probe: float = 0.5, seed: int = 0) -> dict:
-    net, cfg, _ = load_network(checkpoint, prefer_ema=not online)
+def held_out_batch(cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The first n held-out images (normalised), their labels (None if unconditional) and fixed noise."""
     ds = open_dataset(cfg.data.eval_source or cfg.data.source, cfg.data.eval_split, resolution=cfg.model.img_size)
     x0 = normalize(torch.stack([ds[i][0] for i in range(n)]), cfg.noise.normalization)
     y = torch.tensor([ds[i][1] for i in range(n)]) if cfg.model.num_classes else None
-    g = torch.Generator().manual_seed(seed)
-    eps = torch.randn(x0.shape, generator=g)
+    return x0, y, torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def denoising_mse(net, cfg, sigmas, n: int, seed: int) -> list[float]:
+    """x̂0's MSE against x0 at each (unshifted) σ, on `held_out_batch(cfg, n, seed)`."""
+    x0, y, eps = held_out_batch(cfg, n, seed)
+    out = []
+    for sigma in sigmas:
+        ss = torch.full((n,), sigma * cfg.sigma_shift)
+        pred = x0_prediction(net, x0 + ss.view(-1, 1, 1, 1) * eps, ss, y, cfg.noise.sigma_data)
+        out.append(float(((pred - x0) ** 2).mean()))
+    return out
+
+
+@torch.no_grad()
+def probe(checkpoint: str, online: bool, n: int = 64, sigma_probe: float = 0.5, seed: int = 0) -> dict:
+    net, cfg, _ = load_network(checkpoint, prefer_ema=not online)
+    x0, y, eps = held_out_batch(cfg, n, seed)
     s = cfg.sigma_shift
-    per_sigma = []
-    for sigma in SIGMAS:
-        ss = torch.full((n,), sigma * s)
-        pred = x0_prediction(net, x0 + ss.view(-1, 1, 1, 1) * eps, ss, y)
-        per_sigma.append({"sigma": sigma, "mse": float(((pred - x0) ** 2).mean()), "copy_mse": (sigma * s) ** 2})
+    per_sigma = [{"sigma": sigma, "mse": mse, "copy_mse": (sigma * s) ** 2}
+                 for sigma, mse in zip(SIGMAS, denoising_mse(net, cfg, SIGMAS, n, seed))]
     inp = c_in(torch.tensor(sigma_probe * s)) * (x0 + sigma_probe * s * eps)
     ref = net(inp, c_noise(torch.full((n,), sigma_probe * s)), y)
     change = [{"conditioned_sigma": sigma,

@@ -17,32 +17,15 @@ import time
 from pathlib import Path
 
 import torch
+from sigma_sensitivity import denoising_mse  # benchmarks/ is on sys.path when run as a script
 
-from epg.data import open_dataset
 from epg.engine.checkpoint import load_network
 from epg.engine.runlog import save_image_grid
 from epg.engine.trainer import Trainer
 from epg.generate import generate
-from epg.objectives.diffusion import x0_prediction
-from epg.pixels import normalize
 from epg.presets import get_preset
 
 SIGMAS = (0.01, 0.1, 0.5, 2.0, 10.0, 80.0)  # unshifted
-
-
-@torch.no_grad()
-def denoising_mse(checkpoint: Path, n: int = 256) -> dict[str, float]:
-    net, cfg, _ = load_network(checkpoint)
-    ds = open_dataset("fmnist", "test", resolution=cfg.model.img_size)
-    x0 = normalize(torch.stack([ds[i][0] for i in range(n)]), cfg.noise.normalization)
-    y = torch.tensor([ds[i][1] for i in range(n)])
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
-    out = {}
-    for sigma in SIGMAS:
-        ss = torch.full((n,), sigma * cfg.sigma_shift)
-        pred = x0_prediction(net, x0 + ss.view(-1, 1, 1, 1) * eps, ss, y, cfg.noise.sigma_data)
-        out[str(sigma)] = round(float(((pred - x0) ** 2).mean()), 4)
-    return out
 
 
 def run(weighting: str, steps: int, work: Path, results: Path) -> dict:
@@ -56,8 +39,9 @@ def run(weighting: str, steps: int, work: Path, results: Path) -> dict:
     images, _, nfe = generate(net, cfg, range(100), 100, seed=0, labels=torch.arange(10).repeat_interleave(10))
     grid = results / f"weighting_{weighting}.png"
     save_image_grid(images, grid, cols=10, scale=3)
+    mses = denoising_mse(net, cfg, SIGMAS, n=256, seed=5)
     return {"weighting": weighting, "steps": steps, "train_seconds": round(seconds, 1),
-            "x0_mse_by_sigma": denoising_mse(ckpt), "grid": grid.name, "nfe": nfe}
+            "x0_mse_by_sigma": {str(s): round(m, 4) for s, m in zip(SIGMAS, mses)}, "grid": grid.name, "nfe": nfe}
 
 
 def main() -> None:
