@@ -217,15 +217,18 @@ def hand_forward(obj: ConsistencyObjective, images, labels, rng: SampleRNG, step
     d2 = ((f_t - f_r) ** 2).sum(dim=(1, 2, 3))
     weight = torch.zeros_like(ts)
     live = ts != rs
-    weight[live] = 1 / (ts[live] - rs[live])
+    weight[live] = 1 / (ts[live] - rs[live]) if cfg.consistency.weighting == "ect" else 1.0
     c = cfg.consistency.huber_c
     per_sample = weight * d2 / torch.sqrt(d2.detach() + c * c)
     return per_sample.mean(), x0, f_t, t, r
 
 
+@pytest.mark.parametrize("weighting", ["ect", "uniform"])
 @pytest.mark.parametrize("p_mean, step", [(-6.0, 0), (-0.4, 500)])
-def test_ect_weight_on_shifted_sigmas_and_zero_where_t_equals_r(p_mean, step):
-    cfg = tiny_cfg(**{"consistency.p_mean": p_mean, "consistency.stage_length": 200})
+def test_ect_weight_on_shifted_sigmas_and_zero_where_t_equals_r(p_mean, step, weighting):
+    """ECT weight 1/(t' − r') (the paper) or 1 (`uniform`), both 0 where t' = r'."""
+    cfg = tiny_cfg(**{"consistency.p_mean": p_mean, "consistency.stage_length": 200,
+                      "consistency.weighting": weighting})
     assert cfg.sigma_shift == 0.5  # 32² images: s = H/64
     obj = ConsistencyObjective(cfg, random_generator(cfg))
     obj.train()

@@ -128,6 +128,7 @@ class ConsistencyConfig:
     b: float = 1.0
     stage_length: int = 100_000
     huber_c: float = 0.06
+    weighting: str = "ect"  # ect (1/(t' − r'), the paper) | uniform (1 where t' > r'; the CPU presets)
     aux_weight: float = 1.0
     aux_tau: float = 0.1
     aux_features: str = "projector"  # projector | cls
@@ -239,6 +240,7 @@ _CHOICES = {
     "optim.wd_exclude": ("none", "pos_cls"), "train.precision": ("bf16", "fp16", "fp32"),
     "train.nonfinite": ("stop", "skip"), "pretrain.tau2_schedule": ("cosine", "constant"),
     "pretrain.consistency_features": ("cls", "projector"), "diffusion.weighting": ("grid", "edm", "uniform"),
+    "consistency.weighting": ("ect", "uniform"),
     "consistency.aux_features": ("projector", "cls"), "sample.sampler": ("heun", "euler", "stochastic", "consistency"),
     "sample.grid": ("edm", "official"), "sample.labels": ("balanced", "frequency"),
 }

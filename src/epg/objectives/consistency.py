@@ -77,7 +77,11 @@ class ConsistencyObjective(Objective):
                 torch.cuda.set_rng_state(cuda_state, x0.device)
             f_r = self._f(x0 + r_s.view(-1, 1, 1, 1) * eps, r_s, y)
         d2 = ((f_t - f_r) ** 2).sum(dim=(1, 2, 3))
-        weight = torch.where(t_s > r_s, 1.0 / (t_s - r_s).clamp_min(1e-12), torch.zeros_like(t_s))
+        gap = t_s > r_s
+        if c.weighting == "ect":
+            weight = torch.where(gap, 1.0 / (t_s - r_s).clamp_min(1e-12), torch.zeros_like(t_s))
+        else:
+            weight = gap.float()
         loss_cm = (weight * pseudo_huber_term(d2, c.huber_c)).mean()
         terms = {"cm": loss_cm.detach()}
         loss = loss_cm
