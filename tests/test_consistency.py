@@ -319,3 +319,50 @@ def test_no_auxiliary_term_without_a_frozen_network():
     images, labels = batch(9)
     _, terms = obj(images, labels, SampleRNG(0, 0, torch.arange(B)), 0)
     assert set(terms) == {"cm"}
+
+
+# ------------------------------------------------------------------------------------- end to end (engine)
+
+
+def test_consistency_run_from_a_stage1_checkpoint_then_epg_sample(tmp_path, capsys):
+    """Stage 1 → `Trainer` consistency tuning → `epg sample`: W is the stage-1 network, frozen and outside the
+    optimiser; the generator's encoder starts from it; the aux term is trained; 1-step and 2-step NFE."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from epg.cli import main
+    from epg.engine.checkpoint import load_network
+    from epg.engine.trainer import Trainer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from engine_worker import Synthetic, tiny_config
+
+    stage1 = Trainer(tiny_config("pretrain", **{"train.steps": 2}), tmp_path / "s1", dataset=Synthetic()).fit()
+    rcm, _, _ = load_network(stage1.checkpoint, prefer_ema=False)
+    w0 = {k: v.clone() for k, v in rcm.state_dict().items()}
+    cfg = tiny_config("consistency", **{"train.steps": 3, "train.init_from": str(stage1.checkpoint),
+                                        "model.dropout": 0.5})
+    trainer = Trainer(cfg, tmp_path / "cm", dataset=Synthetic())
+    frozen = trainer.objective.frozen
+    assert frozen is not None and not frozen.training
+    assert all(not p.requires_grad for p in frozen.parameters())
+    in_opt = {id(p) for g in trainer.opt.param_groups for p in g["params"]}
+    assert not in_opt & {id(p) for p in frozen.parameters()}
+    gen_encoder = dict(trainer.net.encoder.state_dict())
+    for k, v in gen_encoder.items():  # the generator's encoder starts as the stage-1 encoder
+        torch.testing.assert_close(v, w0[f"encoder.{k}"] if f"encoder.{k}" in w0 else w0[k], rtol=0, atol=0)
+    result = trainer.fit()
+    assert result.step == 3
+    for k, v in frozen.state_dict().items():  # W never moves (its BN buffers included)
+        torch.testing.assert_close(v, w0[k], rtol=0, atol=0)
+    log = (tmp_path / "cm" / "log.jsonl").read_text().splitlines()
+    assert all('"aux"' in line and '"cm"' in line for line in log if line)
+
+    for extra, nfe in (([], 1), (["--sample.cm_sigmas", "0.8"], 2)):
+        out = tmp_path / f"s{nfe}.npz"
+        assert main(["sample", "--checkpoint", str(tmp_path / "cm"), "--num", "6", *extra, "--out", str(out)]) == 0
+        assert f"({nfe} NFE each, consistency)" in capsys.readouterr().out
+        arr = np.load(out)["arr_0"]
+        assert arr.shape == (6, 32, 32, 1) and arr.dtype == np.uint8 and arr.std() > 0
