@@ -160,6 +160,7 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         res.update(bn_out=y.detach(), bn_xgrad=x.grad.clone(), bn_wgrad=bn.weight.grad.clone(),
                    bn_bgrad=bn.bias.grad.clone(), bn_rmean=bn.running_mean.clone(), bn_rvar=bn.running_var.clone())
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while the other still has a collective in flight
     finally:
         dist.destroy_process_group()
 
