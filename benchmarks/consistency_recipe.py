@@ -24,8 +24,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
-from sigma_sensitivity import held_out_batch  # benchmarks/ is on sys.path when run as a script
+from sigma_sensitivity import denoising_mse  # benchmarks/ is on sys.path when run as a script
 
 from epg.engine.checkpoint import load_network
 from epg.engine.hooks import eval_reference
@@ -41,41 +40,29 @@ SIGMAS = (0.05, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 80.0)  # unshifted
 PAPER = {"consistency.weighting": "ect", "consistency.aux_weight": 1.0, "consistency.stage_length": 187,
          "consistency.p_mean": -0.4, "consistency.huber_c": 0.06, "optim.lr": 2e-4, "optim.warmup_steps": 75,
          "optim.milestones": (1200,), "optim.ema": 0.999, "model.dropout": 0.1}
+# Weight 1, no aux term, one ECT stage for the whole 1 000-step run; the arms below vary one thing from it.
+STAGE1 = {**PAPER, "consistency.weighting": "uniform", "consistency.aux_weight": 0.0,
+          "consistency.stage_length": 1000}
 ARMS: dict[str, dict] = {
     "paper": PAPER,
     "uniform": {**PAPER, "consistency.weighting": "uniform"},
     "uniform-noaux": {**PAPER, "consistency.weighting": "uniform", "consistency.aux_weight": 0.0},
-    "stage1-noaux": {**PAPER, "consistency.weighting": "uniform", "consistency.aux_weight": 0.0,
-                     "consistency.stage_length": 1000},
-    "stage1-noaux-pmean0.4": {**PAPER, "consistency.weighting": "uniform", "consistency.aux_weight": 0.0,
-                              "consistency.stage_length": 1000, "consistency.p_mean": 0.4},
-    "stage1-noaux-c30": {**PAPER, "consistency.weighting": "uniform", "consistency.aux_weight": 0.0,
-                         "consistency.stage_length": 1000, "consistency.huber_c": 30.0},
-    "lr1e-3-noaux": {**PAPER, "consistency.weighting": "uniform", "consistency.aux_weight": 0.0,
-                     "consistency.stage_length": 1000, "optim.lr": 1e-3},
-    "lr2e-3-noaux": {**PAPER, "consistency.weighting": "uniform", "consistency.aux_weight": 0.0,
-                     "consistency.stage_length": 1000, "optim.lr": 2e-3},
-    "lr2e-3-noaux-stage500": {**PAPER, "consistency.weighting": "uniform", "consistency.aux_weight": 0.0,
-                              "consistency.stage_length": 500, "optim.lr": 2e-3},
-    "lr1e-3": {**PAPER, "consistency.weighting": "uniform", "consistency.stage_length": 1000,
-               "optim.lr": 1e-3},
+    "stage1-noaux": STAGE1,
+    "stage1-noaux-pmean0.4": {**STAGE1, "consistency.p_mean": 0.4},
+    "stage1-noaux-c30": {**STAGE1, "consistency.huber_c": 30.0},
+    "lr1e-3-noaux": {**STAGE1, "optim.lr": 1e-3},
+    "lr2e-3-noaux": {**STAGE1, "optim.lr": 2e-3},
+    "lr2e-3-noaux-stage500": {**STAGE1, "consistency.stage_length": 500, "optim.lr": 2e-3},
+    "lr1e-3": {**STAGE1, "consistency.aux_weight": 1.0, "optim.lr": 1e-3},
     # = the fmnist-tiny consistency preset now (its stage length is its own step count, 1 500).
-    "cpu-preset": {**PAPER, "consistency.weighting": "uniform", "consistency.stage_length": 1500,
-                   "optim.lr": 2e-3},
+    "cpu-preset": {**STAGE1, "consistency.aux_weight": 1.0, "consistency.stage_length": 1500, "optim.lr": 2e-3},
 }
 
 
-@torch.no_grad()
-def consistency_mse(net, cfg, sigmas, n: int = 128, seed: int = 0) -> list[float]:
-    """Per-pixel MSE of clamp(f(x0 + σ'ε, σ')) against x0 on `held_out_batch(cfg, n, seed)`, per unshifted σ."""
-    x0, y, eps = held_out_batch(cfg, n, seed)
-    sigma_min_s = cfg.noise.sigma_min * cfg.sigma_shift
-    out = []
-    for sigma in sigmas:
-        ss = torch.full((n,), sigma * cfg.sigma_shift)
-        f = consistency_function(net, x0 + ss.view(-1, 1, 1, 1) * eps, ss, y, sigma_min_s, cfg.noise.sigma_data)
-        out.append(float(((f.clamp(-1, 1) - x0) ** 2).mean()))
-    return out
+def clamped_f(net, x, sigma_shifted, labels, cfg):
+    """The consistency function, clamped to the pixel range as sampling does."""
+    s_min = cfg.noise.sigma_min * cfg.sigma_shift
+    return consistency_function(net, x, sigma_shifted, labels, s_min, cfg.noise.sigma_data).clamp(-1, 1)
 
 
 def train_seconds(run_dir: Path) -> float:
@@ -98,9 +85,10 @@ def run(arm: str, args: argparse.Namespace) -> dict:
     print(f"{arm}: trained or resumed in {time.perf_counter() - t0:.0f} s", flush=True)
     net, cfg, _ = load_network(ckpt)  # EMA weights
     net.eval()
+    mses = denoising_mse(net, cfg, SIGMAS, n=128, seed=0, predict=clamped_f)
     row = {"arm": arm, "overrides": ARMS[arm], "steps": args.steps, "init": args.init,
            "train_seconds": round(train_seconds(args.work / arm)),
-           "mse_by_sigma": {str(s): round(m, 4) for s, m in zip(SIGMAS, consistency_mse(net, cfg, SIGMAS))}}
+           "mse_by_sigma": {str(s): round(m, 4) for s, m in zip(SIGMAS, mses)}}
     cfg.sample.sampler, cfg.sample.cm_sigmas = "consistency", ()
     num = max(args.fid, 100)
     images, labels, _ = generate(net, cfg, range(num), num, seed=0, batch_size=250)

@@ -39,13 +39,16 @@ def held_out_batch(cfg, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor |
 
 
 @torch.no_grad()
-def denoising_mse(net, cfg, sigmas, n: int, seed: int) -> list[float]:
-    """x̂0's MSE against x0 at each (unshifted) σ, on `held_out_batch(cfg, n, seed)`."""
+def denoising_mse(net, cfg, sigmas, n: int, seed: int, predict=None) -> list[float]:
+    """The prediction's MSE against x0 at each (unshifted) σ, on `held_out_batch(cfg, n, seed)`.
+
+    `predict(net, x_σ, σ', labels, cfg)` defaults to the diffusion model's x̂0."""
     x0, y, eps = held_out_batch(cfg, n, seed)
     out = []
     for sigma in sigmas:
         ss = torch.full((n,), sigma * cfg.sigma_shift)
-        pred = x0_prediction(net, x0 + ss.view(-1, 1, 1, 1) * eps, ss, y, cfg.noise.sigma_data)
+        x = x0 + ss.view(-1, 1, 1, 1) * eps
+        pred = predict(net, x, ss, y, cfg) if predict else x0_prediction(net, x, ss, y, cfg.noise.sigma_data)
         out.append(float(((pred - x0) ** 2).mean()))
     return out
 
