@@ -8,22 +8,37 @@ from epg.engine import checkpoint as ck
 from epg.nn import build_generator, build_rcm, compute_of
 from epg.presets import get_preset
 
+# Exact counts of the authors' networks at each preset's configuration (decoder qkv without bias included).
 PAPER_PARAMS = {
-    "rcm-b-16-in256": 106.8, "rcm-l-16-in256": 224.6, "rcm-l-32-in512": 226.9, "epg-l-16-in256": 540.2,
-    "epg-xl-16-in256": 583.0, "epg-xxl-16-in256": 788.9, "epg-g-16-in256": 1391.9, "epg-l-32-in512": 544.9,
+    "rcm-b-16-in256": 106_805_760, "rcm-l-16-in256": 224_581_632, "epg-l-16-in256": 540_215_040,
+    "epg-xl-16-in256": 582_986_064, "epg-xxl-16-in256": 788_921_472, "epg-g-16-in256": 1_391_899_008,
+    "epg-l-32-in512": 544_935_936,
 }
 
 
-def _params(name: str) -> float:
+def _params(name: str) -> int:
     cfg = get_preset(name)
     with torch.device("meta"):
         net = build_rcm(cfg.model) if cfg.stage == "pretrain" else build_generator(cfg.model)
-    return sum(p.numel() for p in net.parameters()) / 1e6
+    return sum(p.numel() for p in net.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
 def test_paper_parameter_counts(name):
-    assert abs(_params(name) - PAPER_PARAMS[name]) < 0.1
+    assert _params(name) == PAPER_PARAMS[name]
+
+
+def test_rcm_l_32_parameter_count():
+    # Not released; same network as RCM-L/16 with a 32-px patch embedding: 3·(32² − 16²)·1024 more weights.
+    assert _params("rcm-l-32-in512") == 224_581_632 + 3 * (32 * 32 - 16 * 16) * 1024
+
+
+def test_no_attention_has_a_qkv_bias():
+    cfg = get_preset("fmnist-tiny")
+    names = [n for n, _ in build_generator(cfg.model).named_parameters()] + \
+            [n for n, _ in build_rcm(cfg.model).named_parameters()]
+    assert any(n.endswith("attn.qkv.weight") for n in names)
+    assert not any(n.endswith("attn.qkv.bias") for n in names)
 
 
 def test_projector_768_option():

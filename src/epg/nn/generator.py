@@ -29,7 +29,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, dim: int, heads: int, cond_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, qkv_bias=True, proj_dropout=dropout)
+        self.attn = Attention(dim, heads, proj_dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))

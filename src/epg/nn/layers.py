@@ -17,12 +17,12 @@ CPU_SDPA_BACKENDS: list[SDPBackend] = [SDPBackend.MATH]
 class Attention(nn.Module):
     """Multi-head self-attention on SDPA; qkv without bias, output projection with bias (METHOD.md §2)."""
 
-    def __init__(self, dim: int, heads: int, qkv_bias: bool = False, proj_dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, proj_dropout: float = 0.0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_dropout)
 
