@@ -13,8 +13,9 @@ from epg.engine.schedule import ema_decay, ema_update, learning_rate
 
 def test_warmup_then_cosine() -> None:
     o = OptimConfig(lr=1e-3, warmup_steps=10, schedule="cosine")
-    assert learning_rate(0, o, 110) == pytest.approx(1e-4)
-    assert learning_rate(9, o, 110) == pytest.approx(1e-3)
+    assert learning_rate(0, o, 110) == 0.0
+    assert learning_rate(1, o, 110) == pytest.approx(1e-4)
+    assert learning_rate(9, o, 110) == pytest.approx(9e-4)
     assert learning_rate(10, o, 110) == pytest.approx(1e-3)
     assert learning_rate(60, o, 110) == pytest.approx(0.5e-3)  # half-way through the cosine
     assert learning_rate(35, o, 110) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
@@ -23,8 +24,16 @@ def test_warmup_then_cosine() -> None:
 
 def test_step_factors_after_warmup() -> None:
     o = OptimConfig(lr=1e-4, warmup_steps=0, schedule="steps", milestones=(400, 500), factors=(0.3, 0.08))
-    assert [learning_rate(s, o, 1000) for s in (0, 399, 400, 499, 500, 999)] == pytest.approx(
-        [1e-4, 1e-4, 3e-5, 3e-5, 8e-6, 8e-6])
+    assert [learning_rate(s, o, 1000) for s in (0, 399, 400, 401, 499, 500, 501, 999)] == pytest.approx(
+        [1e-4, 1e-4, 1e-4, 3e-5, 3e-5, 3e-5, 8e-6, 8e-6])
+
+
+def test_warmup_then_steps_at_every_boundary() -> None:
+    # The authors' consistency schedule (W = 10k, ×0.3 after 400k, ×0.08 after 500k), scaled down by 1000.
+    o = OptimConfig(lr=1e-4, warmup_steps=10, schedule="steps", milestones=(400, 500), factors=(0.3, 0.08))
+    steps = (0, 1, 9, 10, 11, 400, 401, 500, 501)
+    assert [learning_rate(s, o, 1000) for s in steps] == pytest.approx(
+        [0.0, 1e-5, 9e-5, 1e-4, 1e-4, 1e-4, 3e-5, 3e-5, 8e-6])
 
 
 def test_ema_decay_warmup_values() -> None:

@@ -10,9 +10,13 @@ from epg.config import OptimConfig
 
 
 def learning_rate(step: int, optim: OptimConfig, total_steps: int) -> float:
-    """Linear warm-up to `lr`, then cosine to 0, step-wise factors, or constant."""
+    """Linear warm-up to `lr`, then cosine to 0, step-wise factors, or constant (0-based `step`).
+
+    As the authors' schedule: warm-up gives lr·step/W (0 at step 0), a step factor applies from the step after
+    its milestone.
+    """
     if optim.warmup_steps and step < optim.warmup_steps:
-        return optim.lr * (step + 1) / optim.warmup_steps
+        return optim.lr * step / optim.warmup_steps
     if optim.schedule == "cosine":
         span = max(total_steps - optim.warmup_steps, 1)
         progress = min((step - optim.warmup_steps) / span, 1.0)
@@ -20,7 +24,7 @@ def learning_rate(step: int, optim: OptimConfig, total_steps: int) -> float:
     if optim.schedule == "steps":
         factor = 1.0
         for milestone, f in zip(optim.milestones, optim.factors):
-            if step >= milestone:
+            if step > milestone:
                 factor = f
         return optim.lr * factor
     return optim.lr
