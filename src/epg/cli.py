@@ -1,4 +1,4 @@
-"""`epg` command line: presets, config, pretrain, finetune, sample, evaluate, prepare, plot, demo."""
+"""`epg` command line: presets, config, pretrain, finetune, sample, evaluate, prepare, plot, demo, import, export."""
 
 from __future__ import annotations
 
@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (add_sample, add_evaluate, add_prepare, add_plot):
         add(sub)
     from epg.demo import add_parser as add_demo
+    from epg.interop.cli import add_parsers as add_interop
 
     add_demo(sub)
+    add_interop(sub)
     return parser
 
 

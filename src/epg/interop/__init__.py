@@ -1,0 +1,1 @@
+"""Reading and writing other layouts: the authors' released checkpoints (`official`)."""
