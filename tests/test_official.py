@@ -196,6 +196,15 @@ def test_the_error_names_the_preset_whose_shapes_fit(tmp_path, capsys):
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
     assert main(["import", str(tmp_path / "out"), "--preset", "fmnist-small", "--run-dir", str(tmp_path / "b")]) == 2
     assert "the shapes fit preset fmnist-tiny" in capsys.readouterr().err
+    # a generator without a class table (the first released consistency config) is told the one override
+    state = official.read_pth(FIXTURES / "epg-tiny" / "nnet.pth")
+    state.pop("class_embed.weight")
+    torch.save(state, tmp_path / "uncond.pth")
+    assert main(["import", str(tmp_path / "uncond.pth"), "--preset", "fmnist-tiny", "--run-dir", str(tmp_path / "u"),
+                 *ARCH["epg-tiny"]]) == 2
+    assert "add --model.num_classes 0" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "uncond.pth"), "--preset", "fmnist-tiny", "--run-dir", str(tmp_path / "u"),
+                 *ARCH["epg-tiny"], "--model.num_classes", "0"]) == 0
     # paper presets are recognised from their shapes alone (meta tensors: nothing is allocated)
     from epg.nn import build_rcm
 

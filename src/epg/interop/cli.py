@@ -62,6 +62,19 @@ def fitting_presets(state: dict[str, torch.Tensor], stage1: bool) -> list[str]:
     return fits
 
 
+def _hint(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], kind: str, preset: str) -> str:
+    fits = [f for f in fitting_presets(state, kind == "stage1") if f != preset]
+    if fits:
+        return f"the shapes fit preset {', '.join(fits)}"
+    rest = {k: v for k, v in expected.items() if k != "class_embed.weight"}
+    if kind == "generator" and official.fit_problems({k: v for k, v in state.items() if k != "class_embed.weight"},
+                                                     rest) == "":
+        if "class_embed.weight" not in state:
+            return "an unconditional generator: add --model.num_classes 0"
+        return f"add --model.num_classes {state['class_embed.weight'].shape[0] - 1} (the last row is the null label)"
+    return "check --preset and the --model.* overrides"
+
+
 def _import_config(args: argparse.Namespace, kind: str) -> Config:
     from epg.cli import parse_overrides
 
@@ -115,8 +128,7 @@ def import_official(args: argparse.Namespace) -> Path:
     for name, state in files.items():
         problems = official.fit_problems(state, expected)
         if problems:
-            fits = [f for f in fitting_presets(state, kind == "stage1") if f != args.preset]
-            hint = f"the shapes fit preset {', '.join(fits)}" if fits else "check --preset and the --model.* overrides"
+            hint = _hint(state, expected, kind, args.preset)
             raise ck.CheckpointError(f"{src / name if src.is_dir() else src} does not fit {args.preset} with these "
                                      f"overrides: {problems} — {hint}")
     ours = {name: _to_ours(state) for name, state in files.items()}
