@@ -193,7 +193,7 @@ def test_the_error_names_the_preset_whose_shapes_fit(tmp_path, capsys):
     net = build_generator(cfg.model)
     ck.write_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000001", cfg,
                         {"model": net.state_dict(), "ema": net.state_dict()})
-    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out"), "--format", "official"]) == 0
     assert main(["import", str(tmp_path / "out"), "--preset", "fmnist-small", "--run-dir", str(tmp_path / "b")]) == 2
     assert "the shapes fit preset fmnist-tiny" in capsys.readouterr().err
     # a generator without a class table (the first released consistency config) is told the one override

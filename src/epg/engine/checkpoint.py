@@ -112,7 +112,9 @@ def read_config(ckpt: Path) -> Config:
     """The full config saved with a checkpoint."""
     path = Path(ckpt) / "config.json"
     try:
-        return config_from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        # "_"-keys are metadata of an exported model folder (its format name), not config fields.
+        return config_from_dict({k: v for k, v in data.items() if not k.startswith("_")})
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing — is {ckpt} an epg checkpoint directory?") from None
     except json.JSONDecodeError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 from collections import OrderedDict
@@ -30,10 +31,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=int, default=0, help="the training step the weights were saved at (schedules "
                                                        "resume from it; default 0)")
     p.set_defaults(func=cmd_import, takes_overrides=True)
-    p = subparsers.add_parser("export", help="write a run's newest checkpoint in the authors' layout")
+    p = subparsers.add_parser("export", help="write a run's newest checkpoint as a shareable model folder "
+                                             "(model.safetensors, config.json, README.md) or in the authors' layout")
     p.add_argument("run", help="run directory or checkpoint directory")
     p.add_argument("out", help="folder to create")
-    p.add_argument("--format", choices=("official",), default="official")
+    p.add_argument("--format", choices=("hf", "official"), default="hf",
+                   help="hf: a Hugging Face-style model folder that epg.load and epg sample read (default); "
+                        "official: nnet.pth + nnet_ema.pth (or target_model.pth) as the authors' code saves them")
+    p.add_argument("--eval", type=Path, metavar="RESULTS.json",
+                   help="`epg evaluate --json` output to quote in the model card (hf)")
     p.set_defaults(func=cmd_export)
 
 
@@ -186,7 +192,18 @@ def export_official(run: Path, out: Path) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out = export_official(Path(args.run), Path(args.out))
+    if args.format == "official":
+        out = export_official(Path(args.run), Path(args.out))
+    else:
+        from epg.interop.model_folder import export_model_folder
+
+        evaluation = None
+        if args.eval is not None:
+            try:
+                evaluation = json.loads(args.eval.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ConfigError(f"--eval {args.eval}: not a readable `epg evaluate --json` file ({e})") from None
+        out = export_model_folder(Path(args.run), Path(args.out), evaluation)
     names = ", ".join(sorted(p.name for p in out.iterdir()))
-    print(f"epg: exported {args.run} in the authors' layout → {out} ({names})")
+    print(f"epg: exported {args.run} ({args.format}) → {out} ({names})")
     return 0
