@@ -50,7 +50,8 @@ class Pipeline:
 
     def sample(self, labels: Sequence[int] | None = None, num: int | None = None, *, steps: int | None = None,
                cfg_scale: float | None = None, sampler: str | None = None, cm_sigmas: Sequence[float] | None = None,
-               seed: int = 0, batch_size: int = 64, precision: str = "fp32", output: str = "numpy") -> Any:
+               seed: int = 0, batch_size: int = 64, precision: str = "fp32", output: str = "numpy",
+               progress: bool = False) -> Any:
         """Images for `labels` (or `num` unconditional ones): uint8 N×H×W×C numpy, or PIL images.
 
         Image i depends only on (seed, i), as in `epg sample`; unset sampler options keep the model's defaults.
@@ -74,7 +75,7 @@ class Pipeline:
         if n <= 0:
             raise ConfigError("nothing to sample: pass at least one label (or num > 0)")
         images, _, _ = generate(self.net, cfg, range(n), n, seed, labels=y, batch_size=batch_size,
-                                precision=precision)
+                                precision=precision, progress=progress)
         arr = images.permute(0, 2, 3, 1).numpy()
         if output == "numpy":
             return arr

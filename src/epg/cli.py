@@ -120,7 +120,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The subcommands and their one-line help, for `epg --help` without importing torch (the full parser imports
+# every command's module); tests/test_cli.py checks that it matches the full parser.
+SUBCOMMANDS = {
+    "presets": "list presets with parameters and GFLOPs",
+    "config": "print every config key of a preset (with overrides applied)",
+    "pretrain": "stage 1 training; any config key can follow as --key value",
+    "finetune": "stage 2 training; any config key can follow as --key value",
+    "sample": "generate images from a checkpoint (ADM .npz and/or PNGs + grid)",
+    "evaluate": "FID, sFID, precision/recall of samples against a reference",
+    "prepare": "pack ImageNet (or any ImageFolder tree) into memory-mapped shards at one resolution",
+    "plot": "draw a run's loss/FID curves to PNG",
+    "demo": "pre-train + fine-tune + sample + FID on Fashion-MNIST (CPU)",
+    "import": "turn a checkpoint in the authors' layout (nnet.pth, nnet_ema.pth, target_model.pth) into an epg run "
+              "directory; --model.* overrides",
+    "export": "write a run's newest checkpoint as a shareable model folder (model.safetensors, config.json, "
+              "README.md) or in the authors' layout",
+}
+
+
+def help_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand's name and help, and none of their modules imported."""
+    parser = argparse.ArgumentParser(prog="epg", description=__doc__,
+                                     epilog="`epg COMMAND --help` shows a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in SUBCOMMANDS.items():
+        sub.add_parser(name, help=text)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        help_parser().parse_args(argv)  # prints the help (or the usage error) and exits
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     takes_overrides = args.func in (cmd_train, cmd_config) or getattr(args, "takes_overrides", False)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from epg.config import Config
 from epg.noise import NoiseConfig
@@ -60,10 +61,11 @@ class _Precision:
 @torch.no_grad()
 def generate(net: nn.Module, cfg: Config, indices: Sequence[int], num_total: int, seed: int,
              labels: torch.Tensor | None = None, batch_size: int = 64, precision: str = "fp32",
-             ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Samples number `indices` of a `num_total`-image set: (uint8 NCHW, their labels, NFE per image).
 
     Sample i depends only on (seed, i), so any split over processes or batches gives the same images.
+    `progress` shows a bar that advances with every network evaluation (its ETA is known after one batch).
     """
     device = next(net.parameters()).device
     m, s, noise = cfg.model, cfg.sample, noise_config(cfg)
@@ -72,11 +74,17 @@ def generate(net: nn.Module, cfg: Config, indices: Sequence[int], num_total: int
     autocast = _Precision(device, precision)
     sigma_min_s = noise.sigma_min * noise.shift
 
+    indices = list(indices)
+    batches = -(-len(indices) // batch_size)
+    bar = tqdm(total=None, unit="eval", desc="sampling", disable=not progress, dynamic_ncols=True)
+
     def x0_model(x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        bar.update()
         with autocast():
             return x0_prediction(net, x, sigma, y, noise.sigma_data).float()
 
     def cm_model(x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        bar.update()
         with autocast():
             return consistency_function(net, x, sigma, y, sigma_min_s, noise.sigma_data).float()
 
@@ -84,7 +92,6 @@ def generate(net: nn.Module, cfg: Config, indices: Sequence[int], num_total: int
         return clamp_in_pixel_space(x, cfg.noise.normalization)
 
     out, out_labels, nfe = [], [], 0
-    indices = list(indices)
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
         z = initial_noise(num_total, (m.channels, m.img_size, m.img_size), seed, idx).to(device)
@@ -110,5 +117,10 @@ def generate(net: nn.Module, cfg: Config, indices: Sequence[int], num_total: int
         if y is not None:
             out_labels.append(y.cpu())
         nfe = result.nfe
+        if bar.total is None:  # one batch's evaluations are now known: the bar gets its total and an ETA
+            bar.total = bar.n * batches
+            bar.set_postfix_str(f"{len(indices)} images")
+            bar.refresh()
+    bar.close()
     images = torch.cat(out) if out else torch.empty(0, m.channels, m.img_size, m.img_size, dtype=torch.uint8)
     return images, torch.cat(out_labels) if out_labels else None, nfe

@@ -13,7 +13,7 @@ from PIL import Image
 from epg.config import ConfigError, apply_overrides
 from epg.engine.checkpoint import load_network
 from epg.engine.distributed import barrier, init_distributed
-from epg.engine.runlog import save_image_grid
+from epg.engine.runlog import grid_order, save_image_grid
 from epg.generate import generate
 
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     share = range(env.rank * args.num // env.world, (env.rank + 1) * args.num // env.world)
     images, labels, nfe = generate(net, cfg, share, args.num, args.seed, batch_size=args.batch_size,
-                                   precision=args.precision)
+                                   precision=args.precision, progress=env.is_main)
     parts = out.with_name(f".{out.name}.parts")
     parts.mkdir(parents=True, exist_ok=True)
     np.savez(parts / f"rank{env.rank:05d}.npz", images=images.numpy(),
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                 Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{i:06d}.png")
         grid = Path(args.grid) if args.grid else out.with_name(out.stem + "_grid.png")
         scale = max(1, 128 // cfg.model.img_size)
-        save_image_grid(torch.from_numpy(arr[:64]).permute(0, 3, 1, 2), grid, scale=scale)
+        order, cols = grid_order(torch.from_numpy(lab) if lab.size else None, len(arr))
+        save_image_grid(torch.from_numpy(arr[order.numpy()]).permute(0, 3, 1, 2), grid, cols=cols, scale=scale)
         print(f"epg: {len(arr)} images ({nfe} NFE each, {cfg.sample.sampler}) → {out}; grid → {grid}")
     barrier()
     return 0

@@ -13,16 +13,23 @@ from PIL import Image
 from tqdm import tqdm
 
 
-def image_grid(images: torch.Tensor, cols: int | None = None) -> Image.Image:
-    """uint8 NCHW images → one PIL image tiled in a near-square grid (grey for 1 channel)."""
+def image_grid(images: torch.Tensor, cols: int | None = None, gap: int = 0, scale: int = 1,
+               gap_value: int = 255) -> Image.Image:
+    """uint8 NCHW images → one PIL image tiled in a near-square grid (grey for 1 channel).
+
+    Each tile is upscaled `scale`× (nearest neighbour); `gap` pixels of `gap_value` separate the tiles.
+    """
     n, c, h, w = images.shape
     cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
     arr = images.permute(0, 2, 3, 1).cpu().numpy()
+    if scale > 1:
+        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    grid = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, c), gap_value if gap else 0, dtype=np.uint8)
     for i in range(n):
         r, q = divmod(i, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = arr[i]
+        grid[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = arr[i]
     return Image.fromarray(grid[..., 0] if c == 1 else grid)
 
 
@@ -33,16 +40,26 @@ def class_rows(labels: torch.Tensor, per_class: int = 10) -> torch.Tensor:
     return torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
 
 
-def save_image_grid(images: torch.Tensor, path: Path, cols: int | None = None, scale: int = 1) -> Path:
-    """Write a sample grid PNG (optionally upscaled with nearest-neighbour for small images)."""
-    img = image_grid(images, cols)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+def save_image_grid(images: torch.Tensor, path: Path, cols: int | None = None, scale: int = 1,
+                    gap: int = 2) -> Path:
+    """Write a sample grid PNG: tiles upscaled `scale`× for small images, `gap` white pixels between them."""
+    img = image_grid(images, cols, gap=gap, scale=scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     img.save(tmp, format="PNG")
     tmp.replace(path)
     return path
+
+
+def grid_order(labels: torch.Tensor | None, n: int, max_tiles: int = 100) -> tuple[torch.Tensor, int | None]:
+    """(indices, columns) for a sample grid: one row per class in class order when labelled, else the first n."""
+    if labels is None:
+        return torch.arange(min(n, max_tiles)), None
+    classes, counts = torch.unique(labels, return_counts=True)
+    if len(classes) > 16:  # many classes (ImageNet): one tile per class, classes in order, near-square
+        return class_rows(labels, 1)[:max_tiles], None
+    per = max(1, min(10, max_tiles // len(classes), int(counts.min())))  # every row as long as the others
+    return class_rows(labels, per), per
 
 
 class RunLogger:

