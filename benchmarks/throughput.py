@@ -5,9 +5,10 @@ pre-training, diffusion and consistency steps (forward + backward + AdamW + EMA,
 and one Heun denoiser evaluation with CFG (cond + uncond rows in one forward, no grad). Every (model, stage) runs
 in a fresh subprocess so its peak RSS (CPU) or `max_memory_allocated` (GPU) is its own. FLOPs are counted
 analytically (METHOD.md §2: 2 × MACs with the attention matmuls, × 3 for forward + backward); the peak is the best
-bf16/fp32 GEMM of the models' own shapes in the same run. Before/after ratios: CPU attention on the math path vs the
-fused kernel (`epg.nn.layers.CPU_SDPA_BACKENDS`), AdamW for-loop (the engine's CPU choice) vs foreach, and glibc
-malloc told to keep freed memory (large step-sized temporaries are otherwise unmapped and faulted in every step).
+bf16/fp32 GEMM of the models' own shapes in the same run. Before/after ratios: CPU attention through SDPA's math
+backend and its fused kernel against the explicit q·kᵀ → softmax → ·v the engine uses (`epg.nn.layers.CPU_ATTENTION`),
+AdamW's for-loop and foreach against the fused kernel the engine uses, and glibc malloc told to keep freed memory
+(large step-sized temporaries are otherwise unmapped and faulted in every step).
 With CUDA, a GPU section times `epg-xl-16-in256` (bf16, flash attention, torch.compile) and reports MFU against the
 GPU's measured bf16 GEMM peak; without CUDA it is skipped with a note.
 
@@ -147,8 +148,8 @@ def measure_step(spec: dict) -> dict:
     stage, batch = spec["stage"], spec["batch"]
     cfg = model_config(spec["model"], stage, models)
     m = cfg.model
-    if spec["attention"] == "fused":
-        nn_layers.CPU_SDPA_BACKENDS = [torch.nn.attention.SDPBackend.FLASH_ATTENTION]
+    if spec["attention"] in ("fused", "math"):
+        nn_layers.CPU_ATTENTION = spec["attention"]
     torch.manual_seed(0)
     if stage == "consistency":  # the auxiliary loss needs W, a stage-1 network (random weights cost the same)
         objective = ConsistencyObjective(cfg, build_generator(m), build_rcm(m))
@@ -299,8 +300,10 @@ def section(device: str, models: dict, stages: tuple[str, ...], args: argparse.N
             print(f"    {_short(r)}", flush=True)
         if not ratios:
             continue
-        before_after = [("diffusion", "attention", "fused", "fwd_bwd"), ("sampling", "attention", "fused", ""),
-                        ("diffusion", "adamw", "foreach", "adamw"), ("diffusion", "malloc", "no-trim", "adamw")]
+        before_after = [("diffusion", "attention", "math", "fwd_bwd"), ("diffusion", "attention", "fused", "fwd_bwd"),
+                        ("sampling", "attention", "math", ""), ("sampling", "attention", "fused", ""),
+                        ("diffusion", "adamw", "forloop", "adamw"), ("diffusion", "adamw", "foreach", "adamw"),
+                        ("diffusion", "malloc", "no-trim", "adamw")]
         for stage, switch, other, what in before_after:
             ref = next(r for r in rows if r["model"] == name and r["stage"] == stage)
             print(f"[{device}] {name} {stage} with {switch}={other} …", flush=True)
@@ -357,7 +360,7 @@ def main() -> None:
     sections = []
     if args.presets:
         base = {"device": "cpu", "threads": threads, "reps": reps, "warmup": warmup, "precision": "bf16",
-                "attention": "math", "adamw": "forloop", "malloc": "default", "compile": False}
+                "attention": "explicit", "adamw": "fused", "malloc": "default", "compile": False}
         models = {k: CPU_MODELS[k] for k in args.presets}
         sections.append(section("cpu", models, STAGES, args, base, not args.no_ratios))
     if args.gpu_presets and torch.cuda.is_available():

@@ -8,14 +8,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# SDPA backends Attention may use on CPU (benchmarks/throughput.py flips it to measure the alternative). The
-# math path: the fused CPU kernel's backward measured 4-5x slower on the attention op alone at 66 tokens with
-# 2 threads; at these sequence lengths attention is a small share of a step (see benchmarks/results).
-CPU_SDPA_BACKENDS: list[SDPBackend] = [SDPBackend.MATH]
+# How attention runs on CPU (benchmarks/throughput.py flips it to measure the others), chosen by measurement
+# (benchmarks/results/throughput.md, fmnist-tiny generator, 1 thread): "explicit" — q·kᵀ → softmax → ·v as three
+# ops in the autocast dtype — took 0.67-0.74× the time of SDPA's math backend for a bf16 training step and
+# 0.61-0.68× for bf16 inference (the math backend upcasts q, k, v to fp32 and adds a safe-softmax pass over
+# the B×H×L×L scores), and the same time in fp32 (±5 %); the fused CPU kernel ("fused") was 2× slower in
+# training and 0.85-0.90× in bf16 inference. On GPUs SDPA's own dispatch (flash / memory-efficient) is used.
+CPU_ATTENTION = "explicit"  # explicit | math | fused
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v over (B, H, L, d) heads, by the fastest path measured for the device (see above)."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v)
+    if CPU_ATTENTION == "explicit":
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+        return torch.matmul(scores.softmax(-1).to(v.dtype), v)
+    backend = SDPBackend.MATH if CPU_ATTENTION == "math" else SDPBackend.FLASH_ATTENTION
+    with sdpa_kernel([backend]):
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention on SDPA; qkv without bias, output projection with bias (METHOD.md §2)."""
+    """Multi-head self-attention; qkv without bias, output projection with bias (METHOD.md §2)."""
 
     def __init__(self, dim: int, heads: int, proj_dropout: float = 0.0):
         super().__init__()
@@ -29,11 +44,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        if q.device.type == "cpu":
-            with sdpa_kernel(CPU_SDPA_BACKENDS):
-                out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
 
 
