@@ -112,3 +112,24 @@ def test_every_config_key_has_help_and_epg_config_prints_it(capsys):
 
     value = get_preset("fmnist-tiny", "pretrain").optim.warmup_steps
     assert line.endswith("# " + HELP["optim.warmup_steps"]) and f"= {value} " in line
+
+
+def test_preset_derived_settings_follow_the_run_length_unless_set():
+    from epg.presets import get_preset
+
+    cm = get_preset("fmnist-tiny", "consistency", {"steps": 100})
+    assert (cm.train.steps, cm.optim.warmup_steps, cm.optim.milestones, cm.consistency.stage_length,
+            cm.train.ckpt_every) == (100, 10, (80,), 100, 25)
+    dm = get_preset("fmnist-tiny", "diffusion", {"train.steps": 30})
+    assert dm.optim.warmup_steps == 10 < 30  # a 30-step run leaves warm-up (it stayed in it at 100 before)
+    pre = get_preset("fmnist-tiny", "pretrain", {"steps": 400})
+    assert (pre.optim.warmup_steps, pre.train.knn_every) == (20, 200)
+    # an explicit value wins over the derived one
+    assert get_preset("fmnist-tiny", "diffusion", {"steps": 100, "optim.warmup_steps": 50}).optim.warmup_steps == 50
+    # the paper presets keep the paper's schedule at their own length, and its shape at another
+    paper = get_preset("epg-l-16-in256")
+    assert (paper.optim.milestones, paper.consistency.stage_length, paper.optim.warmup_steps) == (
+        (400_000, 500_000), 100_000, 10_000)
+    short = get_preset("epg-l-16-in256", overrides={"steps": 50_000})
+    assert (short.optim.milestones, short.consistency.stage_length, short.optim.warmup_steps,
+            short.train.ckpt_every) == ((20_000, 25_000), 5_000, 5_000, 5_000)

@@ -6,9 +6,11 @@ import copy
 import difflib
 from collections.abc import Callable
 
-from epg.config import Config, ConfigError, ModelConfig, OptimConfig, apply_overrides
+from epg.config import ALIASES, Config, ConfigError, ModelConfig, OptimConfig, apply_overrides
 
-Builder = Callable[[str | None], Config]
+# (stage, steps) → config; `steps` (None = the preset's own) sets the run length, and every field derived from it
+# (warm-up, lr milestones, ECT stage length, checkpoint/log/probe intervals) follows unless set explicitly.
+Builder = Callable[[str | None, int | None], Config]
 ENC_B = dict(enc_depth=12, enc_width=768, enc_heads=12)
 ENC_L = dict(enc_depth=16, enc_width=1024, enc_heads=16)
 
@@ -30,8 +32,13 @@ def _paper_common(cfg: Config) -> Config:
     return cfg
 
 
-def apply_stage_recipe(cfg: Config, stage: str) -> Config:
-    """The optimiser/training recipe of each stage at paper scale (METHOD.md §3, §4, §5)."""
+def apply_stage_recipe(cfg: Config, stage: str, steps: int | None = None) -> Config:
+    """The optimiser/training recipe of each stage at paper scale (METHOD.md §3, §4, §5).
+
+    With `steps`, the run's length changes and the schedule keeps its shape: the consistency milestones and ECT
+    stage length stay at the paper's fractions of the run (40 %, 50 %, 10 %), the 10k-step warm-up and the
+    checkpoint/sample intervals are capped at a tenth of it.
+    """
     cfg.stage = stage
     if stage == "pretrain":
         cfg.optim = OptimConfig(lr=2e-4, betas=(0.9, 0.95), weight_decay=0.03, wd_exclude="none",
@@ -50,12 +57,21 @@ def apply_stage_recipe(cfg: Config, stage: str) -> Config:
         cfg.train.steps, cfg.train.global_batch = 1_000_000, 1024
         cfg.model.dropout = 0.5
         cfg.sample.sampler, cfg.sample.cfg_scale = "consistency", 1.0
+    if steps is not None and steps != cfg.train.steps:
+        full, cfg.train.steps = cfg.train.steps, steps
+        cfg.optim.milestones = tuple(round(m * steps / full) for m in cfg.optim.milestones)
+        cfg.consistency.stage_length = max(round(cfg.consistency.stage_length * steps / full), 1)
+        tenth = max(steps // 10, 1)
+        cfg.optim.warmup_steps = min(cfg.optim.warmup_steps, tenth)
+        cfg.train.ckpt_every = min(cfg.train.ckpt_every, tenth)
+        cfg.train.sample_every = min(cfg.train.sample_every, tenth)
     return cfg
 
 
 def _paper(model: ModelConfig, default_stage: str, cfg_scale: float | None = None) -> Builder:
-    def build(stage: str | None = None) -> Config:
-        cfg = apply_stage_recipe(_paper_common(Config(model=copy.deepcopy(model))), stage or default_stage)
+    def build(stage: str | None = None, steps: int | None = None) -> Config:
+        cfg = _paper_common(Config(model=copy.deepcopy(model)))
+        cfg = apply_stage_recipe(cfg, stage or default_stage, steps)
         if cfg_scale is not None and cfg.stage == "diffusion":
             cfg.sample.cfg_scale = cfg_scale
         return cfg
@@ -65,13 +81,13 @@ def _paper(model: ModelConfig, default_stage: str, cfg_scale: float | None = Non
 def _cpu(enc_depth: int, width: int, heads: int, steps: dict[str, int]) -> Builder:
     """Fashion-MNIST padded to 32×32, patch 4 → 64 patches (+2 tokens); schedules sized for thousands of steps."""
 
-    def build(stage: str | None = None) -> Config:
+    def build(stage: str | None = None, run_steps: int | None = None) -> Config:
         stage = stage or "diffusion"
         cfg = Config(model=ModelConfig(img_size=32, channels=1, patch=4, enc_depth=enc_depth, enc_width=width,
                                        enc_heads=heads, dec_width=width, dec_heads=heads, num_classes=10,
                                        proj_hidden=4 * width, proj_out=128))
         cfg = apply_stage_recipe(cfg, stage)
-        n = steps[stage]
+        n = run_steps or steps[stage]
         cfg.train.steps, cfg.train.global_batch = n, 128 if stage == "pretrain" else 64
         cfg.optim.warmup_steps = max(n // 20, 10)
         if stage == "pretrain":
@@ -126,6 +142,19 @@ def get_preset(name: str, stage: str | None = None, overrides: dict | None = Non
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown preset '{name}'{hint} (`epg presets` lists them)")
-    cfg = PRESETS[name](stage)
+    overrides = overrides or {}
+    cfg = PRESETS[name](stage, _run_steps(overrides))
     cfg.preset = name
-    return apply_overrides(cfg, overrides or {})
+    return apply_overrides(cfg, overrides)
+
+
+def _run_steps(overrides: dict) -> int | None:
+    """The run length an override sets (`--steps` / `--train.steps`), so that derived fields can follow it."""
+    for key, value in overrides.items():
+        if ALIASES.get(key.replace("-", "_"), key.replace("-", "_")) == "train.steps":
+            try:
+                steps = int(float(value))
+            except (TypeError, ValueError):
+                return None  # apply_overrides names the bad value
+            return steps if steps > 0 else None
+    return None
