@@ -55,7 +55,7 @@ CPU_MODELS = {
     "fmnist-small": ("fmnist-small", {}, 16, 8),
     "fmnist-small-B": ("fmnist-small", ENC_B, 8, 2),  # the paper's B encoder (and a B-sized decoder), 66 tokens
 }
-GPU_MODELS = {"epg-xl-16-in256": ("epg-xl-16-in256", {}, 32, 8)}
+GPU_MODELS = {"epg-xl-16-in256": ("epg-xl-16-in256", {}, 64, 8)}
 STAGES = ("pretrain", "diffusion", "consistency", "sampling")
 GPU_STAGES = ("diffusion", "sampling")
 SAMPLE_SIGMA = 1.0  # unshifted σ inside the guidance interval (0.19, 1.61]: the evaluation runs both CFG rows
@@ -275,6 +275,13 @@ def peaks_of(gemm: list[dict]) -> dict[str, dict]:
     return best
 
 
+CPU_PAIRS = [("diffusion", "attention", "math", "fwd_bwd"), ("diffusion", "attention", "fused", "fwd_bwd"),
+             ("sampling", "attention", "math", ""), ("sampling", "attention", "fused", ""),
+             ("diffusion", "adamw", "forloop", "adamw"), ("diffusion", "adamw", "foreach", "adamw"),
+             ("diffusion", "malloc", "no-trim", "adamw")]
+GPU_PAIRS = [("diffusion", "compile", False, ""), ("sampling", "compile", False, "")]
+
+
 def section(device: str, models: dict, stages: tuple[str, ...], args: argparse.Namespace, base: dict,
             ratios: bool) -> dict:
     """Peak GEMM, then every (model, stage) and the before/after pairs, each in its own process."""
@@ -300,11 +307,7 @@ def section(device: str, models: dict, stages: tuple[str, ...], args: argparse.N
             print(f"    {_short(r)}", flush=True)
         if not ratios:
             continue
-        before_after = [("diffusion", "attention", "math", "fwd_bwd"), ("diffusion", "attention", "fused", "fwd_bwd"),
-                        ("sampling", "attention", "math", ""), ("sampling", "attention", "fused", ""),
-                        ("diffusion", "adamw", "forloop", "adamw"), ("diffusion", "adamw", "foreach", "adamw"),
-                        ("diffusion", "malloc", "no-trim", "adamw")]
-        for stage, switch, other, what in before_after:
+        for stage, switch, other, what in (GPU_PAIRS if device == "cuda" else CPU_PAIRS):
             ref = next(r for r in rows if r["model"] == name and r["stage"] == stage)
             print(f"[{device}] {name} {stage} with {switch}={other} …", flush=True)
             alt = run_child("one", {**base, "model": name, "stage": stage, "batch": batches[name], switch: other})
@@ -367,7 +370,7 @@ def main() -> None:
         base = {"device": "cuda", "threads": 0, "reps": reps, "warmup": warmup + 2, "precision": "bf16",
                 "attention": "flash", "adamw": "fused", "compile": True}
         models = {k: GPU_MODELS[k] for k in args.gpu_presets}
-        sections.append(section("cuda", models, GPU_STAGES, args, base, False))
+        sections.append(section("cuda", models, GPU_STAGES, args, base, not args.no_ratios))
     elif args.gpu_presets:
         note = "skipped: CUDA is not available (this section times epg-xl-16-in256 with bf16, flash, compile)"
         print(f"[cuda] {note}", flush=True)
