@@ -79,7 +79,7 @@ def finetune_arm(args: argparse.Namespace, objective: str, init: str, pre: dict)
         grid = args.results / f"pretrain_vs_scratch_{name}.png"
         save_image_grid(images[order], grid, cols=10, scale=3)
         fid = fid_against(images, eval_reference(cfg), num_ref=args.fid_num)
-        info.update(status="ok" if math.isfinite(fid) else "diverged", fid=fid, nfe=nfe, grid=str(grid))
+        info.update(status="ok" if math.isfinite(fid) else "diverged", fid=fid, nfe=nfe, grid=grid.name)
     out.write_text(json.dumps(info, indent=2))
     return info
 

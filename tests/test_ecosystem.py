@@ -133,3 +133,14 @@ def test_preset_derived_settings_follow_the_run_length_unless_set():
     short = get_preset("epg-l-16-in256", overrides={"steps": 50_000})
     assert (short.optim.milestones, short.consistency.stage_length, short.optim.warmup_steps,
             short.train.ckpt_every) == ((20_000, 25_000), 5_000, 5_000, 5_000)
+
+
+def test_result_files_record_no_absolute_machine_paths():
+    import re
+
+    pattern = re.compile(r'"(/(?:work|tmp|root|home|usr|opt|var)/[^"]*)"')
+    offenders = []
+    for path in sorted((ROOT / "benchmarks" / "results").rglob("*")):
+        if path.suffix in (".json", ".md"):
+            offenders += [f"{path.relative_to(ROOT)}: {m}" for m in pattern.findall(path.read_text())]
+    assert offenders == []
