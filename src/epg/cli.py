@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from epg.config import ConfigError, all_keys
+from epg.config import STAGES, ConfigError, all_keys
 from epg.presets import PRESETS, get_preset
 
 
@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     stage = "pretrain" if args.command == "pretrain" else args.objective
     cfg = _train_config(args, args.rest, stage)
     run_dir = Path(args.run_dir or f"runs/{cfg.preset}-{stage}")
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir, restart=args.restart)
     result = trainer.fit(default_hooks(cfg))
     if trainer.env.is_main:
         print(f"epg: {stage} stopped at step {result.step}; checkpoint: {result.checkpoint}")
@@ -85,10 +85,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from epg.data import DataError
     from epg.engine.checkpoint import CheckpointError
+    from epg.engine.rundir import RunDirInUseError
     from epg.engine.trainer import NonFiniteLossError
     from epg.metrics import MetricsError
 
-    return ConfigError, CheckpointError, DataError, MetricsError, NonFiniteLossError, FileNotFoundError
+    return (ConfigError, CheckpointError, DataError, MetricsError, NonFiniteLossError, RunDirInUseError,
+            FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list presets with parameters and GFLOPs").set_defaults(func=cmd_presets)
     p = sub.add_parser("config", help="print every config key of a preset (with overrides applied)")
     p.add_argument("--preset", default="fmnist-tiny")
-    p.add_argument("--stage", default=None)
+    p.add_argument("--stage", default=None, choices=STAGES)
     p.set_defaults(func=cmd_config)
     for name in ("pretrain", "finetune"):
         p = sub.add_parser(name, help=f"stage {'1' if name == 'pretrain' else '2'} training; "
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preset", required=True)
         p.add_argument("--data", help="dataset: fmnist, a packed dir, an image folder or an .npz")
         p.add_argument("--run-dir", help="where checkpoints and logs go (rerun the command to resume)")
+        p.add_argument("--restart", action="store_true",
+                       help="start over at step 0 even though the run directory has checkpoints (they are kept)")
         if name == "finetune":
             p.add_argument("--objective", choices=("diffusion", "consistency"), default="diffusion")
             p.add_argument("--init", help="stage-1 checkpoint (or run dir); omit for a random encoder")

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from epg.atomic import remove_stale
+
 from .errors import DataError
 from .folder import scan_class_folders, scan_flat_folder
 from .images import DecodeFailure, center_crop_arr, decode_rgb
@@ -191,8 +193,7 @@ def prepare_folder(
     entries = [(str(path.relative_to(src)), label) for path, label in zip(files, labels)]
     out.mkdir(parents=True, exist_ok=True)
     _check_or_save_settings(out, _settings(src, entries, class_names, resolution, shard_size))
-    for stale in out.glob("*.tmp-*"):  # left by a run killed mid-write
-        stale.unlink()
+    remove_stale(out)  # temporaries left by a run killed mid-write
 
     chunks = [entries[start : start + shard_size] for start in range(0, len(entries), shard_size)]
     done = {
