@@ -74,6 +74,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from epg.config_help import HELP
 
+    if args.stage is not None and args.stage not in STAGES:
+        raise ConfigError(f"--stage {args.stage!r} is not one of {', '.join(STAGES)}")
     cfg = get_preset(args.preset, args.stage, parse_overrides(args.rest))
     rows = [(f"{key} = {value!r}", HELP.get(key, "")) for key, value in all_keys(cfg).items()]
     width = max(len(r[0]) for r in rows)
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list presets with parameters and GFLOPs").set_defaults(func=cmd_presets)
     p = sub.add_parser("config", help="print every config key of a preset (with overrides applied)")
     p.add_argument("--preset", default="fmnist-tiny")
-    p.add_argument("--stage", default=None, choices=STAGES)
+    p.add_argument("--stage", default=None)
     p.set_defaults(func=cmd_config)
     for name in ("pretrain", "finetune"):
         p = sub.add_parser(name, help=f"stage {'1' if name == 'pretrain' else '2'} training; "
