@@ -159,10 +159,17 @@ def help_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"epg: warning: {message}\n"  # what was skipped and why, without Python's source-line echo
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         help_parser().parse_args(argv)  # prints the help (or the usage error) and exits
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     takes_overrides = args.func in (cmd_train, cmd_config) or getattr(args, "takes_overrides", False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,32 @@ def read_log(path: Path) -> list[dict[str, Any]]:
         elif "step" in record:
             records.setdefault(record["step"], record)
     return [records[k] for k in sorted(records)]
+
+
+class LogWindow:
+    """Sums of the loss terms since the last log step (kept on the device), and their means at a log step.
+
+    `state()` is what a checkpoint stores so that a resumed run's next log line averages the same steps."""
+
+    def __init__(self, step: int, state: dict[str, Any], device: torch.device):
+        self.sums = {k: torch.tensor(v, device=device) for k, v in state.get("sums", {}).items()}
+        self.since = state.get("since", step)
+        self.t0, self.timed = time.perf_counter(), step
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def close(self, step: int, images_per_step: int) -> dict[str, Any]:
+        """Means over the window (tensors; the caller reduces them over ranks) and img/s; opens the next one."""
+        n, elapsed = step - self.since, time.perf_counter() - self.t0
+        means: dict[str, Any] = {k: v / n for k, v in self.sums.items()}
+        means["img_per_s"] = (step - self.timed) * images_per_step / max(elapsed, 1e-9)
+        self.sums, self.since, self.t0, self.timed = {}, step, time.perf_counter(), step
+        return means
+
+    def state(self) -> dict[str, Any]:
+        return {"since": self.since, "sums": {k: float(v) for k, v in self.sums.items()}}
 
 
 class RunLogger:

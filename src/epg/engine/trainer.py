@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ from epg.data.sampler import GlobalBatchSampler
 from epg.engine import checkpoint as ck
 from epg.engine import resume, rundir
 from epg.engine.distributed import DistEnv, all_reduce_mean, barrier, init_distributed
+from epg.engine.health import Health, NonFiniteLossError
 from epg.engine.rng import SampleRNG, mix_seed
-from epg.engine.runlog import RunLogger
+from epg.engine.runlog import LogWindow, RunLogger
 from epg.engine.schedule import ema_decay, ema_update, learning_rate
 from epg.engine.state import (
     full_tensor,
@@ -35,10 +35,6 @@ from epg.engine.state import (
 )
 from epg.nn import set_activation_checkpointing
 from epg.objectives import build_objective
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN/Inf: the message names the step, the loss term and the last good checkpoint."""
 
 
 def _ignore_sigterm(worker_id: int) -> None:
@@ -341,17 +337,15 @@ class Trainer:
 
     def _loop(self, hooks: list, logger: RunLogger) -> bool:
         cfg, total_steps = self.cfg, self.cfg.train.steps
-        health = _Health(self.env.device, self._log_state.get("skipped", 0.0))
-        sums = {k: torch.tensor(v, device=self.env.device) for k, v in self._log_state.get("sums", {}).items()}
-        n0, t0, timed = self._log_state.get("since", self.step), time.perf_counter(), self.step
+        health = Health(self.env.device, self._log_state.get("skipped", 0.0))
+        window = LogWindow(self.step, self._log_state, self.env.device)
         it = iter(self._loader())
         while self.step < total_steps:
             loss, terms = self._train_step([next(it) for _ in range(self.accum)])
             loss_ok = torch.isfinite(torch.stack([loss, *terms.values()]))
             grad_ok = self._apply_update(loss_ok.all())
             health.record(self.step, torch.cat([loss_ok, grad_ok.view(1)]))
-            for k, v in (("loss", loss), *terms.items()):
-                sums[k] = sums.get(k, 0.0) + v
+            window.add({"loss": loss, **terms})
             self.step += 1
             logger.advance()
             stop = self._stop_requested()
@@ -360,25 +354,24 @@ class Trainer:
             if at_log or at_ckpt:
                 self._check_finite(health, ["loss", *terms, "gradients"])
             if at_log:
-                n, elapsed = self.step - n0, time.perf_counter() - t0
-                means = {k: float(all_reduce_mean(v / n)) for k, v in sums.items()}
-                means.update(lr=self.opt.param_groups[0]["lr"], skipped_steps=float(health.skipped),
-                             img_per_s=(self.step - timed) * cfg.train.global_batch / max(elapsed, 1e-9))
-                for hook in hooks:
-                    means.update(hook(self, self.step) or {})
-                logger.log(self.step, means)
-                sums, n0, t0, timed = {}, self.step, time.perf_counter(), self.step
+                self._log(logger, hooks, window.close(self.step, cfg.train.global_batch), health)
             if at_ckpt:
                 # What the next log line averages over travels with the checkpoint, so a resume logs it exactly.
-                self._log_state = {"since": n0, "sums": {k: float(v) for k, v in sums.items()},
-                                   "skipped": float(health.skipped)}
+                self._log_state = {**window.state(), "skipped": float(health.skipped)}
                 self.save_checkpoint()
             if stop:
                 logger.message(f"SIGTERM: saved {self.last_checkpoint}; rerun the same command to resume")
                 return True
         return False
 
-    def _check_finite(self, health: _Health, names: list[str]) -> None:
+    def _log(self, logger: RunLogger, hooks: list, means: dict[str, float], health: Health) -> None:
+        means = {k: float(all_reduce_mean(torch.as_tensor(v))) if k != "img_per_s" else v for k, v in means.items()}
+        means.update(lr=self.opt.param_groups[0]["lr"], skipped_steps=float(health.skipped))
+        for hook in hooks:
+            means.update(hook(self, self.step) or {})
+        logger.log(self.step, means)
+
+    def _check_finite(self, health: Health, names: list[str]) -> None:
         bad_step = int(health.first_bad)
         if bad_step < 0 or self.cfg.train.nonfinite == "skip" or health.mask is None:
             return
@@ -399,20 +392,3 @@ class Trainer:
         if self.env.is_main:
             path.rename(path.with_name(f"diverged-{path.name}"))
         self.last_checkpoint = ck.newest_valid_checkpoint(self.ckpt_root, self.cfg)
-
-
-class _Health:
-    """NaN/Inf bookkeeping kept on the device and read only at log and checkpoint steps (no per-step sync)."""
-
-    def __init__(self, device: torch.device, skipped: float):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.mask: torch.Tensor | None = None
-        self.skipped = torch.full((), skipped, device=device)
-
-    def record(self, step: int, ok: torch.Tensor) -> None:
-        """`ok`: whether each loss term (and the gradients) of training step `step` was finite."""
-        finite = ok.all()
-        newly_bad = (self.first_bad < 0) & ~finite
-        self.mask = ~ok if self.mask is None else torch.where(newly_bad, ~ok, self.mask)
-        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, step), self.first_bad)
-        self.skipped += (~finite).float()
