@@ -48,11 +48,12 @@ def train(run: Path, *extra: str, stage: str = "diffusion", wait: bool = True, *
 
 
 def seen(proc) -> str:
-    """Exit status and the last line epg printed (else the last line on stderr) — what the user reads."""
-    out = [ln for text in (proc.stdout, proc.stderr) for ln in (text or "").splitlines()]
+    """Exit status and what the user reads: epg's error line, else its last line of output, else stderr's."""
+    err, out = (proc.stderr or "").splitlines(), (proc.stdout or "").splitlines()
+    errors = [ln for ln in err if ln.startswith("epg: error")]
     mine = [ln for ln in out if ln.startswith(("epg", "SIGTERM"))]
-    rest = [ln for ln in (proc.stderr or "").splitlines() if ln.strip() and "step/s" not in ln]
-    last = (mine or rest or [""])[-1]
+    rest = [ln for ln in err if ln.strip() and "step/s" not in ln]
+    last = (errors or mine or rest or [""])[-1]
     return f"exit {proc.returncode}: `{last[:260]}`"
 
 
@@ -175,12 +176,12 @@ def case_torn_log(w: Path):
 
 
 def case_second_process(w: Path):
-    first = train(w, "--steps", "100000", wait=False)
-    wait_for_lines(w, 2, first)
-    second = train(w)
+    first = train(w / "run", "--steps", "100000", wait=False)
+    wait_for_lines(w / "run", 2, first)
+    second = train(w / "run")
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=120)
-    return seen(second), disk(w)
+    return seen(second), disk(w / "run")
 
 
 def case_init_gone(w: Path):

@@ -49,8 +49,8 @@ class ConsistencyObjective(Objective):
         return {f"frozen.{k}": v for k, v in self.frozen.state_dict().items()} if self.frozen is not None else {}
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        if self.frozen is not None:
-            frozen = {k[len("frozen."):]: v for k, v in state.items() if k.startswith("frozen.")}
+        frozen = {k[len("frozen."):]: v for k, v in state.items() if k.startswith("frozen.")}
+        if self.frozen is not None and frozen:  # an imported checkpoint has none: W then came from --init
             load_state_strict(self.frozen, frozen, "the frozen stage-1 network of the checkpoint")
 
     def extra_meta(self) -> dict:
