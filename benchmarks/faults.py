@@ -302,7 +302,10 @@ def main() -> int:
               "the CPU). *On disk*: ✓ = the checkpoint verifies (manifest, no NaN/Inf tensor); paths are shown "
               "relative to the case's directory.", "",
               "| case | fault | what the user sees | on disk afterwards |", "|---|---|---|---|"]
-    a.out.write_text("\n".join(header + rows) + "\n")
+    footer = ["", "Not in the matrix: a full disk (it needs a filesystem that fills up; "
+              "`tests/test_faults_state.py::test_case9_a_full_disk_is_one_clear_error_and_leaves_no_temporary` "
+              "injects the `os error 28` of safetensors) and case 10 (bf16 across splits, stated in the README)."]
+    a.out.write_text("\n".join(header + rows + footer) + "\n")
     print(f"wrote {a.out}")
     return 0
 
