@@ -276,3 +276,13 @@ def test_case9_a_full_disk_is_one_clear_error_and_leaves_no_temporary(tmp_path, 
         assert "no space left on the device" in msg and "step-00000003" in msg and "\n" not in msg
         assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000003"]
     ck.verify_checkpoint(tmp_path / "checkpoints" / "step-00000003")
+
+
+# ---------------------------------------------------------------- case 10: what the split promise means in bf16
+def test_case10_in_bf16_a_split_agrees_only_to_bf16_rounding(tmp_path):
+    over = {"train.precision": "bf16", "train.steps": 12, "train.ckpt_every": 100}
+    _train(tmp_path / "whole", **over)
+    _train(tmp_path / "split", **over, **{"train.micro_batch": 4})
+    whole, split = (_records(tmp_path / name) for name in ("whole", "split"))
+    gaps = [abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(whole, split)]
+    assert len(gaps) == 12 and max(gaps) < 1e-4  # what the README promises for bf16: close, not bit for bit
