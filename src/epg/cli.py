@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from epg.config import ConfigError, all_keys
+from epg.config import STAGES, ConfigError, all_keys
 from epg.presets import PRESETS, get_preset
 
 
@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     stage = "pretrain" if args.command == "pretrain" else args.objective
     cfg = _train_config(args, args.rest, stage)
     run_dir = Path(args.run_dir or f"runs/{cfg.preset}-{stage}")
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir, restart=args.restart)
     result = trainer.fit(default_hooks(cfg))
     if trainer.env.is_main:
         print(f"epg: {stage} stopped at step {result.step}; checkpoint: {result.checkpoint}")
@@ -74,6 +74,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from epg.config_help import HELP
 
+    if args.stage is not None and args.stage not in STAGES:
+        raise ConfigError(f"--stage {args.stage!r} is not one of {', '.join(STAGES)}")
     cfg = get_preset(args.preset, args.stage, parse_overrides(args.rest))
     rows = [(f"{key} = {value!r}", HELP.get(key, "")) for key, value in all_keys(cfg).items()]
     width = max(len(r[0]) for r in rows)
@@ -85,10 +87,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from epg.data import DataError
     from epg.engine.checkpoint import CheckpointError
+    from epg.engine.rundir import RunDirInUseError
     from epg.engine.trainer import NonFiniteLossError
     from epg.metrics import MetricsError
 
-    return ConfigError, CheckpointError, DataError, MetricsError, NonFiniteLossError, FileNotFoundError
+    return (ConfigError, CheckpointError, DataError, MetricsError, NonFiniteLossError, RunDirInUseError,
+            FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preset", required=True)
         p.add_argument("--data", help="dataset: fmnist, a packed dir, an image folder or an .npz")
         p.add_argument("--run-dir", help="where checkpoints and logs go (rerun the command to resume)")
+        p.add_argument("--restart", action="store_true",
+                       help="start over at step 0 even though the run directory has checkpoints (they are kept)")
         if name == "finetune":
             p.add_argument("--objective", choices=("diffusion", "consistency"), default="diffusion")
             p.add_argument("--init", help="stage-1 checkpoint (or run dir); omit for a random encoder")
@@ -153,10 +159,17 @@ def help_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"epg: warning: {message}\n"  # what was skipped and why, without Python's source-line echo
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         help_parser().parse_args(argv)  # prints the help (or the usage error) and exits
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     takes_overrides = args.func in (cmd_train, cmd_config) or getattr(args, "takes_overrides", False)

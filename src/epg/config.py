@@ -11,6 +11,8 @@ from typing import Any
 STAGES = ("pretrain", "diffusion", "consistency")
 # Short names for the overrides used most; every other leaf name works when it is unique.
 ALIASES = {"steps": "train.steps", "batch": "train.global_batch", "seed": "train.seed"}
+# Fields whose change makes a run directory's checkpoints unusable for a command.
+IDENTITY = ("stage", "model", "noise")
 
 
 class ConfigError(ValueError):
@@ -246,22 +248,72 @@ _CHOICES = {
 }
 
 
+# Numeric keys with the range their value must lie in: (lowest, highest, whether the lowest is allowed).
+_INF = float("inf")
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "train.steps": (0, _INF, False), "train.global_batch": (0, _INF, False), "train.micro_batch": (0, _INF, True),
+    "train.ckpt_every": (0, _INF, False), "train.log_every": (0, _INF, False), "train.keep_last": (0, _INF, False),
+    "train.keep_every": (0, _INF, True), "train.sample_every": (0, _INF, True), "train.fid_every": (0, _INF, True),
+    "train.fid_num": (0, _INF, False), "train.knn_every": (0, _INF, True), "data.workers": (0, _INF, True),
+    "optim.lr": (0, _INF, True), "optim.eps": (0, _INF, False), "optim.weight_decay": (0, _INF, True),
+    "optim.warmup_steps": (0, _INF, True), "optim.grad_clip": (0, _INF, True), "optim.ema": (0, 1, True),
+    "sample.steps": (0, _INF, False), "sample.cfg_scale": (0, _INF, True), "model.img_size": (0, _INF, False),
+    "model.channels": (0, _INF, False), "model.patch": (0, _INF, False), "model.enc_depth": (0, _INF, False),
+    "model.enc_width": (0, _INF, False), "model.enc_heads": (0, _INF, False), "model.dec_width": (0, _INF, False),
+    "model.dec_heads": (0, _INF, False), "model.num_classes": (0, _INF, True), "model.dropout": (0, 1, True),
+    "noise.sigma_min": (0, _INF, False), "noise.sigma_max": (0, _INF, False), "noise.sigma_data": (0, _INF, False),
+    "diffusion.label_dropout": (0, 1, True),
+}
+_HINTS = {"train.keep_last": " (the newest checkpoint is what a rerun resumes from)"}
+
+
+def _check_range(key: str, value: float) -> None:
+    lo, hi, lo_ok = _RANGES[key]
+    if value != value or value in (_INF, -_INF) or value < lo or (value == lo and not lo_ok) or value > hi:
+        bound = f"≥ {lo:g}" if lo_ok else f"> {lo:g}"
+        if hi != _INF:
+            bound += f" and ≤ {hi:g}"
+        raise ConfigError(f"{key} = {value!r} must be a finite number {bound}{_HINTS.get(key, '')}")
+
+
+def _check_device(device: str) -> None:
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"train.device = {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+
+
 def validate(cfg: Config) -> None:
-    """Reject values that cannot work, naming the key."""
+    """Reject values that cannot work, naming the key: the one validation layer for config values."""
     flat = {path: getattr(owner, f.name) for path, (owner, f) in _leaf_paths(cfg).items()}
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{key} = {flat[key]!r} is not one of {', '.join(choices)}")
+    for key in _RANGES:
+        _check_range(key, flat[key])
+    betas = cfg.optim.betas
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"optim.betas = {betas!r} must be two numbers in [0, 1), e.g. --optim.betas 0.9,0.999")
+    _check_device(cfg.train.device)
     m = cfg.model
     if m.img_size % m.patch:
         raise ConfigError(f"model.img_size {m.img_size} is not a multiple of model.patch {m.patch}")
     for w, h, name in ((m.enc_width, m.enc_heads, "enc"), (m.dec_width, m.dec_heads, "dec")):
         if w % h:
             raise ConfigError(f"model.{name}_width {w} is not divisible by model.{name}_heads {h}")
-    if cfg.train.global_batch <= 0 or cfg.train.steps <= 0:
-        raise ConfigError("train.global_batch and train.steps must be positive")
     if len(cfg.optim.milestones) != len(cfg.optim.factors):
         raise ConfigError("optim.milestones and optim.factors must have the same length")
+
+
+def identity_diffs(old: Config, new: Config) -> list[str]:
+    """Differences in the fields that define which model a run trains (stage, model, noise)."""
+    a, b = old.to_dict(), new.to_dict()
+    diffs = []
+    for sec in IDENTITY:
+        if isinstance(a[sec], dict):
+            diffs += [f"{sec}.{k}: {a[sec][k]!r} → {b[sec].get(k)!r}" for k in a[sec] if a[sec][k] != b[sec].get(k)]
+        elif a[sec] != b[sec]:
+            diffs.append(f"{sec}: {a[sec]!r} → {b[sec]!r}")
+    return diffs
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from epg.atomic import atomic_write
 from epg.config import ConfigError, apply_overrides
 from epg.engine.checkpoint import load_network
 from epg.engine.distributed import barrier, init_distributed
@@ -38,14 +39,15 @@ def run(args: argparse.Namespace) -> int:
     """Sampler settings come from the checkpoint's config; `--sample.cfg_scale 2.5` etc. override them."""
     from epg.cli import parse_overrides
 
+    for flag, value in (("--num-images", args.num), ("--batch-size", args.batch_size)):
+        if value <= 0:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
     env = init_distributed(args.device)
     net, cfg, ckpt = load_network(args.checkpoint, prefer_ema=not args.no_ema, device=env.device)
     if cfg.stage == "pretrain":
         raise ConfigError(f"{ckpt} is a stage-1 (pretrain) checkpoint: it has no decoder to sample with")
     overrides = {k if k.startswith("sample.") else f"sample.{k}": v for k, v in parse_overrides(args.rest).items()}
     cfg = apply_overrides(cfg, overrides)  # an unknown sample.* key gets the usual suggestion
-    if args.num <= 0:
-        raise ConfigError("--num must be positive")
     out = Path(args.out)
     share = range(env.rank * args.num // env.world, (env.rank + 1) * args.num // env.world)
     images, labels, nfe = generate(net, cfg, share, args.num, args.seed, batch_size=args.batch_size,
@@ -62,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(parts)
         if out.suffix == ".npz":
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.stem + ".tmp.npz")
-            np.savez(tmp, arr_0=arr, **({"arr_1": lab} if lab.size else {}))
-            tmp.replace(out)
+            atomic_write(out, lambda f: np.savez(f, arr_0=arr, **({"arr_1": lab} if lab.size else {})))
         else:
             out.mkdir(parents=True, exist_ok=True)
             for i, img in enumerate(arr):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +16,51 @@ from .images import IMAGE_EXTENSIONS, DecodeFailure, center_crop_arr, decode_rgb
 _LAYOUT_HINT = f"expected <dir>/<class>/<image>{{{','.join(IMAGE_EXTENSIONS)}}}"
 
 
-def _class_folders(root: Path) -> list[tuple[str, list[Path]]]:
+def _is_loop(entry: Path, root: Path) -> bool:
+    """A class folder that is a symlink to the tree itself (or above it) would list every class again."""
+    if not entry.is_symlink():
+        return False
+    target, top = entry.resolve(), root.resolve()
+    return target == top or target in top.parents
+
+
+def _class_folders(root: Path, notes: list[str]) -> list[tuple[str, list[Path]]]:
     # Recursive below each class folder, as a class may be split into sub-folders.
     classes = []
     for entry in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
+        if _is_loop(entry, root):
+            notes.append(f"skipped {shown(entry.name)}: a symlink back into {root} (a loop), not a class")
+            continue
         files = [
             Path(top) / name for top, _, names in os.walk(entry) for name in names if is_image_file(name)
         ]
         if files:
             classes.append((entry.name, sorted(files)))
+        else:
+            notes.append(f"class folder {shown(entry.name)} holds no image: it is not a class of this dataset")
     return classes
 
 
+def shown(name: str) -> str:
+    """A file name as printable text: bytes that are not UTF-8 (kept as surrogates by Python) become �."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def scan_class_folders(
-    root: Path, class_names: list[str] | None = None
+    root: Path, class_names: list[str] | None = None, notes: list[str] | None = None
 ) -> tuple[list[Path], list[int], list[str]]:
     """(files, labels, class names) of an ImageFolder tree, in class-then-path order.
 
     Labels index the sorted folder names, or `class_names` when given (e.g. the training set's classes.json,
-    so that a validation tree missing some classes keeps the training labels)."""
-    classes = _class_folders(root)
+    so that a validation tree missing some classes keeps the training labels). What was left out and why
+    (empty class folders, symlink loops) is appended to `notes`, or warned about when no list is given."""
+    found: list[str] = []
+    classes = _class_folders(root, found)
+    if notes is None:
+        for note in found:
+            warnings.warn(note, stacklevel=2)
+    else:
+        notes.extend(found)
     if not classes:
         raise DataError(
             f"no class folders with images in {root} ({_LAYOUT_HINT}; for a flat validation "

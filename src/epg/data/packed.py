@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from epg.atomic import atomic_write
 
 from .base import ImageDataset, check_resolution
 from .errors import DataError
@@ -31,26 +32,6 @@ CLASSES_NAME = "classes.json"
 def shard_name(shard: int) -> str:
     """File name of shard number `shard`."""
     return f"shard-{shard:05d}.npy"
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temporary file, fsync it, then rename: readers see the old file or the whole new one."""
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    # The rename itself is only durable once the directory entry is on disk.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,8 +22,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from epg.atomic import remove_stale
+
 from .errors import DataError
-from .folder import scan_class_folders, scan_flat_folder
+from .folder import scan_class_folders, scan_flat_folder, shown
 from .images import DecodeFailure, center_crop_arr, decode_rgb
 from .packed import FORMAT, atomic_save_json, atomic_save_npy, shard_name, write_index
 
@@ -76,11 +79,11 @@ def _settings(
 ) -> dict[str, Any]:
     digest = hashlib.sha256()
     for relative, label in entries:
-        digest.update(f"{relative}\t{label}\n".encode())
+        digest.update(os.fsencode(relative) + f"\t{label}\n".encode())  # names need not be UTF-8
     digest.update("\n".join(class_names).encode())
     return {
         "format": FORMAT,
-        "source": str(src.resolve()),
+        "source": str(src),
         "resolution": resolution,
         "shard_size": shard_size,
         "num_files": len(entries),
@@ -129,7 +132,9 @@ def _run_tasks(
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _summarise(src: Path, records: list[dict[str, Any]], resolution: int, num_files: int) -> dict[str, Any]:
+def _summarise(
+    src: Path, records: list[dict[str, Any]], resolution: int, num_files: int, notes: list[str]
+) -> dict[str, Any]:
     skipped = [entry for record in records for entry in record["skipped"]]
     converted: Counter[str] = Counter()
     for record in records:
@@ -141,7 +146,10 @@ def _summarise(src: Path, records: list[dict[str, Any]], resolution: int, num_fi
         "images_written": sum(record["count"] for record in records),
         "skipped_by_reason": dict(sorted(Counter(reason for _, reason, _ in skipped).items())),
         "converted_to_rgb_by_mode": dict(sorted(converted.items())),
-        "skipped": [{"path": path, "reason": reason, "detail": detail} for path, reason, detail in skipped],
+        "skipped": [
+            {"path": shown(path), "reason": reason, "detail": shown(detail)} for path, reason, detail in skipped
+        ],
+        "notes": notes,
     }
 
 
@@ -157,6 +165,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [f"  {e['path']}: {e['reason']} ({e['detail']})" for e in report["skipped"][:EXAMPLES_SHOWN]]
         if len(report["skipped"]) > EXAMPLES_SHOWN:
             lines.append(f"  … {len(report['skipped']) - EXAMPLES_SHOWN} more in {REPORT_NAME}")
+    lines += [f"note: {note}" for note in report.get("notes", [])]
     if report["converted_to_rgb_by_mode"]:
         modes = ", ".join(f"{mode} {n}" for mode, n in report["converted_to_rgb_by_mode"].items())
         lines.append(f"converted to RGB: {modes}")
@@ -184,15 +193,15 @@ def prepare_folder(
         raise DataError(f"resolution and shard size must be positive, got {resolution} and {shard_size}")
     if not src.is_dir():
         raise DataError(f"source folder {src} does not exist")
+    notes: list[str] = []
     if val_labels is not None:
         files, labels, class_names = scan_flat_folder(src, Path(val_labels), class_names)
     else:
-        files, labels, class_names = scan_class_folders(src, class_names)
+        files, labels, class_names = scan_class_folders(src, class_names, notes)
     entries = [(str(path.relative_to(src)), label) for path, label in zip(files, labels)]
     out.mkdir(parents=True, exist_ok=True)
     _check_or_save_settings(out, _settings(src, entries, class_names, resolution, shard_size))
-    for stale in out.glob("*.tmp-*"):  # left by a run killed mid-write
-        stale.unlink()
+    remove_stale(out)  # temporaries left by a run killed mid-write
 
     chunks = [entries[start : start + shard_size] for start in range(0, len(entries), shard_size)]
     done = {
@@ -210,7 +219,7 @@ def prepare_folder(
         _run_tasks(tasks, workers, bar, on_shard_done)
 
     records = [json.loads((out / record_name(k)).read_text()) for k in range(len(chunks))]
-    report = _summarise(src, records, resolution, len(entries))
+    report = _summarise(src, records, resolution, len(entries), notes)
     atomic_save_json(out / REPORT_NAME, report)
     if report["images_written"] == 0:
         raise DataError(f"no image of {src} could be read; see {out / REPORT_NAME}")

@@ -23,7 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from epg.config import Config, config_from_dict
+from epg.atomic import atomic_path, describe_os_error
+from epg.config import Config, ConfigError, config_from_dict, identity_diffs
 
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
 FORMAT = "epg-checkpoint-v1"
@@ -31,14 +32,6 @@ FORMAT = "epg-checkpoint-v1"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, incomplete, corrupt, or of another model."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -62,26 +55,38 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         os.fsync(f.fileno())
 
 
+def first_non_finite(tensors: dict[str, dict[str, torch.Tensor]]) -> str | None:
+    """The name (``group/key``) of the first floating-point tensor holding a NaN or Inf, else None."""
+    for group, entries in tensors.items():
+        for key, t in entries.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"{group}/{key}"
+    return None
+
+
 def write_checkpoint(final_dir: Path, cfg: Config, tensors: dict[str, dict[str, torch.Tensor]],
                      state: dict[str, Any] | None = None) -> Path:
-    """Write ``{name}.safetensors`` for each entry of `tensors` (+ state.json) into `final_dir`, atomically."""
+    """Write ``{name}.safetensors`` for each entry of `tensors` (+ state.json) into `final_dir`, atomically.
+
+    A checkpoint never holds a non-finite tensor, and a failed write (a full disk) leaves no temporary behind.
+    """
     final_dir = Path(final_dir)
-    tmp = final_dir.with_name(f".{final_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    _write_json(tmp / "config.json", cfg.to_dict())
-    for name, group in tensors.items():
-        _write_tensors(tmp / f"{name}.safetensors", group)
-    if state is not None:
-        _write_json(tmp / "state.json", state)
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
-    _write_json(tmp / "manifest.json", {"format": FORMAT, "files": files})
-    _fsync_dir(tmp)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp, final_dir)
-    _fsync_dir(final_dir.parent)
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"refusing to write {final_dir.name}: {bad} is not finite")
+    try:
+        with atomic_path(final_dir) as tmp:
+            tmp.mkdir(parents=True)
+            _write_json(tmp / "config.json", cfg.to_dict())
+            for name, group in tensors.items():
+                _write_tensors(tmp / f"{name}.safetensors", group)
+            if state is not None:
+                _write_json(tmp / "state.json", state)
+            files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+            _write_json(tmp / "manifest.json", {"format": FORMAT, "files": files})
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"could not write checkpoint {final_dir.name} in {final_dir.parent}: "
+                              f"{describe_os_error(e)}; nothing was left half-written") from None
     return final_dir
 
 
@@ -121,15 +126,30 @@ def read_config(ckpt: Path) -> Config:
         raise CheckpointError(f"{path}: not valid JSON (truncated?)") from None
 
 
+def read_state_meta(ckpt: Path) -> dict[str, Any]:
+    """The training state's JSON part (step, optimizer groups, …) of a checkpoint."""
+    path = Path(ckpt) / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing — a weights-only checkpoint cannot be resumed") from None
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: not valid JSON (truncated?)") from None
+
+
 def read_tensors(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
-    """Load ``{name}.safetensors`` from a checkpoint directory onto the CPU."""
+    """Load ``{name}.safetensors`` from a checkpoint directory onto the CPU; refuse non-finite weights."""
     path = Path(ckpt) / f"{name}.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
+    bad = first_non_finite({name: tensors})
+    if bad is not None:
+        raise CheckpointError(f"{path}: {bad.split('/', 1)[1]} holds NaN/Inf (written by a diverged run)")
+    return tensors
 
 
 def check_state(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -157,6 +177,14 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: s
     module.load_state_dict(state, strict=True)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of a ``step-XXXXXXXX`` checkpoint directory."""
+    m = STEP_DIR.match(Path(path).name)
+    if m is None:
+        raise CheckpointError(f"{path}: not a step-XXXXXXXX checkpoint directory")
+    return int(m.group(1))
+
+
 def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
     """(step, path) of every finished checkpoint directory under `ckpt_root`, newest first."""
     root = Path(ckpt_root)
@@ -166,14 +194,33 @@ def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def newest_valid_checkpoint(ckpt_root: Path) -> Path | None:
-    """The newest checkpoint whose manifest verifies; warn about (and skip) broken newer ones."""
+class ForeignCheckpointError(CheckpointError):
+    """A sound checkpoint of another model (stage, network or noise settings)."""
+
+
+def check_usable(path: Path, cfg: Config | None = None) -> None:
+    """Raise CheckpointError unless `path` is complete and intact (and, given `cfg`, of its model).
+
+    The one place that decides what a good checkpoint is; `read_tensors` adds the NaN/Inf check on load.
+    """
+    verify_checkpoint(path)
+    if cfg is not None:
+        try:
+            diffs = identity_diffs(read_config(path), cfg)
+        except ConfigError as e:
+            raise CheckpointError(f"{path}/config.json: {e}") from None
+        if diffs:
+            raise ForeignCheckpointError(f"{path} was written for another model ({'; '.join(diffs[:4])})")
+
+
+def newest_valid_checkpoint(ckpt_root: Path, cfg: Config | None = None) -> Path | None:
+    """The newest good checkpoint (for `cfg`, when given); warn about (and skip) broken or foreign newer ones."""
     for _, path in list_checkpoints(ckpt_root):
         try:
-            verify_checkpoint(path)
+            check_usable(path, cfg)
             return path
         except CheckpointError as e:
-            warnings.warn(f"skipping a broken checkpoint: {e}; falling back to the previous one", stacklevel=2)
+            warnings.warn(f"skipping checkpoint {path.name}: {e}; falling back to the previous one", stacklevel=2)
     return None
 
 
@@ -188,12 +235,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found
 
 
-def prune_checkpoints(ckpt_root: Path, keep_last: int, keep_every: int) -> None:
-    """Keep the newest `keep_last` checkpoints plus every `keep_every`-th step."""
-    for i, (step, path) in enumerate(list_checkpoints(ckpt_root)):
-        if i < keep_last or (keep_every and step % keep_every == 0):
+def prune_checkpoints(ckpt_root: Path, keep_last: int, keep_every: int, cfg: Config, newest: Path) -> None:
+    """Keep the newest `keep_last` checkpoints of `cfg`'s model plus every `keep_every`-th step.
+
+    `newest` (the one just written) is always kept, and checkpoints of another model are never touched.
+    """
+    own = [(step, path) for step, path in list_checkpoints(ckpt_root) if path == newest or _same_model(path, cfg)]
+    for i, (step, path) in enumerate(own):
+        if path == newest or i < keep_last or (keep_every and step % keep_every == 0):
             continue
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _same_model(path: Path, cfg: Config) -> bool:
+    try:
+        return not identity_diffs(read_config(path), cfg)
+    except (CheckpointError, ConfigError):
+        return True  # broken checkpoints of this run are pruned like good ones
 
 
 def load_pretrained_encoder(target: nn.Module, path: str | Path) -> list[str]:

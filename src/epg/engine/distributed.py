@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from epg.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -25,6 +27,11 @@ def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' = this process's GPU when CUDA is present, else the CPU."""
     if pref == "auto":
         pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {pref!r} but this machine has no usable CUDA GPU "
+                          f"(or this torch build has no CUDA); use --train.device cpu or auto")
+    if pref == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device = 'mps' but MPS is not available here; use --train.device cpu or auto")
     if pref == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)

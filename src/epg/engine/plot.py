@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from epg.engine.runlog import read_log
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -18,7 +19,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     log = run_dir / "log.jsonl"
     if not log.is_file():
         raise FileNotFoundError(f"{log}: no training log — is {run_dir} an epg run directory?")
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    records = read_log(log)
     keys = [k for k in ("loss", "contrastive", "consistency", "mse", "cm", "aux", "fid", "knn_acc")
             if any(k in r for r in records)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * max(len(keys), 1), 3.2), squeeze=False)

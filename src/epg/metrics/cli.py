@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-from epg.metrics.errors import MetricsError
+from epg.metrics.errors import MetricsError, MetricsWarning
 from epg.metrics.evaluate import evaluate
 from epg.metrics.reference import DEFAULT_BATCH_SIZE
 
@@ -80,18 +81,25 @@ def format_table(results: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write JSON if asked; a MetricsError becomes one line on stderr."""
     try:
-        results = evaluate(
-            args.samples,
-            args.ref,
-            num_ref=args.num_ref,
-            cache_dir=args.cache_dir,
-            batch_size=args.batch_size,
-            inception=args.inception,
-            is_weights=args.is_weights,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = evaluate(
+                args.samples,
+                args.ref,
+                num_ref=args.num_ref,
+                cache_dir=args.cache_dir,
+                batch_size=args.batch_size,
+                inception=args.inception,
+                is_weights=args.is_weights,
+            )
     except MetricsError as error:
         print(f"epg evaluate: error: {error}", file=sys.stderr)
         return 2
+    for w in caught:
+        if issubclass(w.category, MetricsWarning):
+            print(f"epg evaluate: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(format_table(results))
     if results["inception_score"] is None:
         print("IS: not computed — the FID network has no classifier layer; pass --is-weights PATH (README)")

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from epg.metrics.errors import MetricsError
+from epg.metrics.errors import MetricsError, MetricsWarning
 from epg.metrics.fid import feature_statistics, frechet_distance
 from epg.metrics.inception import load_inception
 from epg.metrics.inception_score import class_probabilities, inception_score, load_classifier
 from epg.metrics.precision_recall import precision_recall
 from epg.metrics.reference import DEFAULT_BATCH_SIZE, reference_statistics
-from epg.metrics.sources import open_images
+from epg.metrics.sources import ImageSource, npz_members, open_images
 
 
 def fid_against(
@@ -37,6 +39,22 @@ def fid_against(
     return frechet_distance(mu, sigma, reference.mu, reference.sigma)
 
 
+def _geometry_text(g: tuple[int, int, int]) -> str:
+    return f"{g[0]}×{g[1]} {'RGB' if g[2] == 3 else 'grey'}"
+
+
+def _warn_on_other_geometry(source: ImageSource, ref: str) -> None:
+    """Samples and reference of different sizes or channels give a number, but not a comparable FID."""
+    path = Path(ref)
+    if path.suffix.lower() == ".npz" and path.is_file() and "arr_0" not in npz_members(path):
+        return  # statistics only: the reference images' size is not recorded
+    theirs, ours = open_images(ref, "reference").geometry(), source.geometry()
+    if theirs != ours:
+        warnings.warn(f"the samples are {_geometry_text(ours)} but the reference {ref} is "
+                      f"{_geometry_text(theirs)}: the scores compare different images; sample at the reference's "
+                      "size", MetricsWarning, stacklevel=3)
+
+
 def evaluate(
     samples: np.ndarray | str | os.PathLike[str],
     ref: str,
@@ -53,6 +71,7 @@ def evaluate(
     """
     classifier = load_classifier(is_weights) if is_weights is not None else None
     source = open_images(samples, "samples")
+    _warn_on_other_geometry(source, ref)
     network = load_inception(inception)
     reference = reference_statistics(ref, num_ref, network, cache_dir, batch_size)
     features = network.extract(source.batches(batch_size), source.count, desc="samples")

@@ -57,6 +57,11 @@ class ImageSource:
         """The images, `batch_size` at a time, as uint8 NCHW tensors."""
         raise NotImplementedError
 
+    def geometry(self) -> tuple[int, int, int]:
+        """(height, width, channels) of the first image."""
+        first = next(iter(self.batches(1)))
+        return first.shape[2], first.shape[3], first.shape[1]
+
 
 class ArrayImages(ImageSource):
     """Images already in memory as a uint8 NHWC array."""

@@ -35,6 +35,10 @@ class Objective(nn.Module):
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what `extra_state` returned."""
 
+    def extra_meta(self) -> dict:
+        """JSON facts a resume needs to rebuild what `extra_state` fills (e.g. the frozen network's shape)."""
+        return {}
+
     def prepare(self, images: torch.Tensor, rng: SampleRNG, hflip: bool) -> torch.Tensor:
         """uint8 images → normalised float, with a per-sample random horizontal flip."""
         x = normalize(images, self.cfg.noise.normalization)

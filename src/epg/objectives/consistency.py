@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epg.config import Config
+from epg.config import Config, ModelConfig
+from epg.engine.checkpoint import load_state_strict
 from epg.engine.rng import SampleRNG
 from epg.noise import c_in, c_noise, c_out, c_skip, ect_r_of_t, ect_stage, ect_t
 from epg.objectives.base import Objective
@@ -32,12 +35,26 @@ class ConsistencyObjective(Objective):
 
     stage = "consistency"
 
-    def __init__(self, cfg: Config, net: nn.Module, frozen: nn.Module | None = None):
+    def __init__(self, cfg: Config, net: nn.Module, frozen: nn.Module | None = None,
+                 frozen_model: ModelConfig | None = None):
         super().__init__(cfg, net)
         self.frozen = frozen
+        self.frozen_model = frozen_model  # W's shape, saved so that a resume can rebuild it
         if frozen is not None:
             frozen.requires_grad_(False)
             frozen.eval()
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        # The frozen stage-1 network travels with every checkpoint: a resume never rereads --init.
+        return {f"frozen.{k}": v for k, v in self.frozen.state_dict().items()} if self.frozen is not None else {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        frozen = {k[len("frozen."):]: v for k, v in state.items() if k.startswith("frozen.")}
+        if self.frozen is not None and frozen:  # an imported checkpoint has none: W then came from --init
+            load_state_strict(self.frozen, frozen, "the frozen stage-1 network of the checkpoint")
+
+    def extra_meta(self) -> dict:
+        return {"frozen_model": dataclasses.asdict(self.frozen_model)} if self.frozen_model is not None else {}
 
     def train(self, mode: bool = True) -> ConsistencyObjective:
         super().train(mode)
