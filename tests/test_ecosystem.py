@@ -144,3 +144,52 @@ def test_result_files_record_no_absolute_machine_paths():
         if path.suffix in (".json", ".md"):
             offenders += [f"{path.relative_to(ROOT)}: {m}" for m in pattern.findall(path.read_text())]
     assert offenders == []
+
+
+def _tiny(**over):
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from engine_worker import Synthetic, tiny_config
+
+    torch.set_num_threads(1)
+    return tiny_config(**over), Synthetic()
+
+
+def test_hooks_fire_on_their_own_steps_say_so_and_a_resume_says_where_from(tmp_path, capsys):
+    from epg.engine.hooks import default_hooks
+    from epg.engine.trainer import Trainer
+
+    cfg, data = _tiny(**{"train.steps": 30, "train.log_every": 10, "train.sample_every": 15, "train.ckpt_every": 15,
+                         "sample.steps": 2})
+    Trainer(cfg, tmp_path, dataset=data).fit(default_hooks(cfg))
+    grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert grids == ["step-00000015.png", "step-00000030.png"]  # not 20 and 30 (the log steps after them)
+    out = capsys.readouterr()
+    assert "epg: step 15: sample grid (training pauses meanwhile)" in out.out + out.err
+    more, _ = _tiny(**{"train.steps": 31, "train.log_every": 10, "train.sample_every": 15, "train.ckpt_every": 15,
+                       "sample.steps": 2})
+    Trainer(more, tmp_path, dataset=data)
+    assert f"epg: resumed from step 30 (checkpoint {tmp_path / 'checkpoints' / 'step-00000030'})" in \
+        capsys.readouterr().out
+
+
+def test_channel_mismatch_names_the_override(tmp_path):
+    import pytest
+
+    from epg.config import ConfigError
+    from epg.engine.trainer import Trainer
+
+    cfg, data = _tiny(**{"model.channels": 3})
+    with pytest.raises(ConfigError, match="set --model.channels 1"):
+        Trainer(cfg, tmp_path, dataset=data)
+
+
+def test_missing_tensorboard_is_said_once_not_silently_skipped(tmp_path, capsys, monkeypatch):
+    from epg.engine.runlog import RunLogger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
+    logger = RunLogger(tmp_path, True, 0, 10, 8)
+    logger.close()
+    out = capsys.readouterr()
+    assert "TensorBoard is not installed" in out.out + out.err and not (tmp_path / "tb").exists()

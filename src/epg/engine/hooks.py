@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from epg.config import Config
 from epg.data import open_dataset
@@ -21,17 +22,17 @@ Hook = Callable[[object, int], dict]
 
 
 class _Every:
-    """Run `fn` when training crosses a multiple of `every` steps (hooks are called at log steps)."""
+    """Run `fn` at every multiple of `every` steps and at the last one, saying what runs (training pauses)."""
 
-    def __init__(self, every: int, fn: Callable[[object, int], dict]):
-        self.every, self.fn, self.last = every, fn, None
+    def __init__(self, every: int, fn: Callable[[object, int], dict], what: str):
+        self.every, self.fn, self.what = every, fn, what
 
     def __call__(self, trainer, step: int) -> dict:
-        prev = self.last if self.last is not None else step - trainer.cfg.train.log_every
-        self.last = step
-        if step // self.every > max(prev, 0) // self.every or step == trainer.cfg.train.steps:
-            return self.fn(trainer, step)
-        return {}
+        if step % self.every and step != trainer.cfg.train.steps:
+            return {}
+        if trainer.env.is_main:
+            tqdm.write(f"epg: step {step}: {self.what} (training pauses meanwhile)")
+        return self.fn(trainer, step)
 
 
 def eval_network(trainer) -> torch.nn.Module:
@@ -61,7 +62,7 @@ def sample_grid_hook(trainer, step: int) -> dict:
     net = eval_network(trainer)
     if trainer.env.is_main:
         labels = torch.arange(10).repeat_interleave(10) if n == 100 else None  # one row per class
-        images, _, _ = generate(net, cfg, range(n), n, seed=cfg.sample.seed, labels=labels)
+        images, _, _ = generate(net, cfg, range(n), n, seed=cfg.sample.seed, labels=labels, progress=True)
         path = trainer.run_dir / "samples" / f"step-{step:08d}.png"
         save_image_grid(images, path, cols=10 if n == 100 else None, scale=max(1, 64 // cfg.model.img_size))
     barrier()
@@ -75,7 +76,8 @@ def fid_hook(trainer, step: int) -> dict:
     cfg, env = trainer.cfg, trainer.env
     n = cfg.train.fid_num
     share = range(env.rank * n // env.world, (env.rank + 1) * n // env.world)
-    images, _, _ = generate(eval_network(trainer), cfg, share, n, seed=cfg.sample.seed, batch_size=128)
+    images, _, _ = generate(eval_network(trainer), cfg, share, n, seed=cfg.sample.seed, batch_size=128,
+                            progress=env.is_main)
     network = load_inception()
     feats = network.extract(images.split(50), len(images), desc="FID").pool
     feats = gather_cat(torch.from_numpy(np.ascontiguousarray(feats)).to(env.device)).cpu().double().numpy()
@@ -140,10 +142,10 @@ def default_hooks(cfg: Config) -> list[Hook]:
     hooks: list[Hook] = []
     if cfg.stage == "pretrain":
         if t.knn_every:
-            hooks.append(_Every(t.knn_every, knn_hook))
+            hooks.append(_Every(t.knn_every, knn_hook, "k-NN probe of the encoder"))
         return hooks
     if t.sample_every:
-        hooks.append(_Every(t.sample_every, sample_grid_hook))
+        hooks.append(_Every(t.sample_every, sample_grid_hook, "sample grid"))
     if t.fid_every:
-        hooks.append(_Every(t.fid_every, fid_hook))
+        hooks.append(_Every(t.fid_every, fid_hook, f"FID of {t.fid_num} samples"))
     return hooks

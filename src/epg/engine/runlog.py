@@ -131,6 +131,8 @@ class RunLogger:
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
         except ImportError:  # TensorBoard is optional: the JSON-lines log is the record
             self.tb = None
+            tqdm.write("epg: TensorBoard is not installed, so no tb/ logs (log.jsonl has every value); "
+                       "pip install 'epg[tensorboard]' for them")
 
     def _open_log(self, start_step: int, restart: bool) -> None:
         """log.jsonl is only appended to: a torn last line (a crash mid-write) is cut off, steps a resumed run

@@ -127,7 +127,7 @@ class Trainer:
         cfg = self.cfg
         if getattr(self.dataset, "channels", cfg.model.channels) != cfg.model.channels:
             raise ConfigError(f"the data has {self.dataset.channels} channels but model.channels is "
-                              f"{cfg.model.channels}")
+                              f"{cfg.model.channels}; set --model.channels {self.dataset.channels}")
         data_classes = getattr(self.dataset, "num_classes", 0)
         if cfg.model.num_classes and data_classes > cfg.model.num_classes:
             raise ConfigError(f"the data has {data_classes} classes but model.num_classes is {cfg.model.num_classes}; "
@@ -221,6 +221,8 @@ class Trainer:
         for path in (first, *rest):
             try:
                 self._load(path)
+                if self.env.is_main:
+                    print(f"epg: resumed from step {self.step} (checkpoint {path})", flush=True)
                 return
             except ck.CheckpointError as e:
                 candidates.skip(path, e)
@@ -323,7 +325,7 @@ class Trainer:
                           worker_init_fn=_ignore_sigterm if cfg.data.workers else None)
 
     def fit(self, hooks: list | None = None) -> TrainResult:
-        """Train to `train.steps`; `hooks` are callables (trainer, step) → dict run at log steps."""
+        """Train to `train.steps`; `hooks` are callables (trainer, step) → dict, called after every step."""
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         logger = RunLogger(self.run_dir, self.env.is_main, self.step, self.cfg.train.steps,
                            self.cfg.train.global_batch, restart=self.restarted)
@@ -353,8 +355,13 @@ class Trainer:
             at_ckpt = self.step % cfg.train.ckpt_every == 0 or self.step == total_steps or stop
             if at_log or at_ckpt:
                 self._check_finite(health, ["loss", *terms, "gradients"])
+            extra: dict[str, float] = {}
+            for hook in hooks:  # each decides whether its own step has come (not only on log steps)
+                extra.update(hook(self, self.step) or {})
             if at_log:
-                self._log(logger, hooks, window.close(self.step, cfg.train.global_batch), health)
+                self._log(logger, window.close(self.step, cfg.train.global_batch), health, extra)
+            elif extra:
+                logger.log(self.step, extra)
             if at_ckpt:
                 # What the next log line averages over travels with the checkpoint, so a resume logs it exactly.
                 self._log_state = {**window.state(), "skipped": float(health.skipped)}
@@ -364,11 +371,9 @@ class Trainer:
                 return True
         return False
 
-    def _log(self, logger: RunLogger, hooks: list, means: dict[str, float], health: Health) -> None:
+    def _log(self, logger: RunLogger, means: dict[str, float], health: Health, extra: dict[str, float]) -> None:
         means = {k: float(all_reduce_mean(torch.as_tensor(v))) if k != "img_per_s" else v for k, v in means.items()}
-        means.update(lr=self.opt.param_groups[0]["lr"], skipped_steps=float(health.skipped))
-        for hook in hooks:
-            means.update(hook(self, self.step) or {})
+        means.update(lr=self.opt.param_groups[0]["lr"], skipped_steps=float(health.skipped), **extra)
         logger.log(self.step, means)
 
     def _check_finite(self, health: Health, names: list[str]) -> None:
