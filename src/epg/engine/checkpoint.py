@@ -34,7 +34,8 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, incomplete, corrupt, or of another model."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB chunks (the manifest's checksum)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -82,7 +83,7 @@ def write_checkpoint(final_dir: Path, cfg: Config, tensors: dict[str, dict[str, 
                 _write_tensors(tmp / f"{name}.safetensors", group)
             if state is not None:
                 _write_json(tmp / "state.json", state)
-            files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+            files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
             _write_json(tmp / "manifest.json", {"format": FORMAT, "files": files})
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"could not write checkpoint {final_dir.name} in {final_dir.parent}: "
@@ -108,7 +109,7 @@ def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
         path = ckpt / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
-        if path.stat().st_size != meta["size"] or _sha256(path) != meta["sha256"]:
+        if path.stat().st_size != meta["size"] or file_sha256(path) != meta["sha256"]:
             raise CheckpointError(f"{path}: size or checksum differs from the manifest (truncated or corrupt)")
     return manifest
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -112,14 +111,6 @@ def _optimizer_meta(net: nn.Module, cfg: Config) -> dict:
     return optimizer_state(net, opt)[1]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_official(args: argparse.Namespace) -> Path:
     """Check every key and shape, then write an ordinary run directory whose checkpoint resumes and samples."""
     src, run_dir = Path(args.path), Path(args.run_dir)
@@ -148,7 +139,7 @@ def import_official(args: argparse.Namespace) -> Path:
         ck.load_state_strict(net, online, f"{src}")
         tensors = {"model": online, "ema": ours.get("nnet_ema.pth", online), "state": {}}
     source = {"format": "official", "name": src.name,
-              "files": {n: _sha256(src / n if src.is_dir() else src) for n in files}}
+              "files": {n: ck.file_sha256(src / n if src.is_dir() else src) for n in files}}
     meta = {"step": args.step, "images": args.step * cfg.train.global_batch, "scaler": {},
             "optimizer": _optimizer_meta(net, cfg), "imported": source}
     run_dir.mkdir(parents=True, exist_ok=True)
