@@ -50,7 +50,7 @@ class Pipeline:
 
     def sample(self, labels: Sequence[int] | None = None, num: int | None = None, *, steps: int | None = None,
                cfg_scale: float | None = None, sampler: str | None = None, cm_sigmas: Sequence[float] | None = None,
-               seed: int = 0, batch_size: int = 64, precision: str = "fp32", output: str = "numpy",
+               seed: int = 0, batch_size: int = 64, precision: str = "bf16", output: str = "numpy",
                progress: bool = False) -> Any:
         """Images for `labels` (or `num` unconditional ones): uint8 N×H×W×C numpy, or PIL images.
 

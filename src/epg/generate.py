@@ -60,12 +60,14 @@ class _Precision:
 
 @torch.no_grad()
 def generate(net: nn.Module, cfg: Config, indices: Sequence[int], num_total: int, seed: int,
-             labels: torch.Tensor | None = None, batch_size: int = 64, precision: str = "fp32",
+             labels: torch.Tensor | None = None, batch_size: int = 64, precision: str = "bf16",
              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Samples number `indices` of a `num_total`-image set: (uint8 NCHW, their labels, NFE per image).
 
     Sample i depends only on (seed, i), so any split over processes or batches gives the same images.
     `progress` shows a bar that advances with every network evaluation (its ETA is known after one batch).
+    `precision` is bf16 autocast by default: on the same 1 000 seeds of a fmnist-tiny model it gave FID 199.21
+    against 199.36 in fp32 in 0.43× the time (benchmarks/results/sampling_precision.md); "fp32" is exact.
     """
     device = next(net.parameters()).device
     m, s, noise = cfg.model, cfg.sample, noise_config(cfg)

@@ -27,7 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                                 "or a directory for PNGs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16",
+                   help="autocast dtype of the network (default bf16: the same FID as fp32 within 0.2 on 1 000 "
+                        "samples, 2.3× faster on CPU; benchmarks/results/sampling_precision.md)")
     p.add_argument("--no-ema", action="store_true", help="use the online weights instead of the EMA")
     p.add_argument("--grid", default=None, help="grid PNG path (default: next to --out)")
     p.add_argument("--device", default="auto")
