@@ -91,3 +91,13 @@ def test_pixel_baseline_is_the_same_vote_on_pixels():
     expected = knn_accuracy(pixel_features(probe.xtr), probe.ytr, pixel_features(probe.xte), probe.yte, 10)
     assert probe.pixels() == expected
     assert torch.equal(pixel_features(probe.xtr[:1]), probe.xtr[:1].flatten(1).float() / 255.0)
+
+
+def test_noisy_pixel_baseline_uses_the_forward_process_noise():
+    images = torch.randint(0, 256, (64, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    clean = pixel_features(images)
+    assert torch.equal(pixel_features(images, 0.0), clean)
+    # σ' = 1 in the normalised space (x/127.5 − 1) is 0.5 in [0, 1] units
+    noise = pixel_features(images, 1.0, seed=3) - clean
+    assert abs(noise.std().item() - 0.5) < 0.01  # 65 536 draws: std of the std ≈ 0.0014
+    assert torch.equal(pixel_features(images, 1.0, seed=3), pixel_features(images, 1.0, seed=3))

@@ -33,9 +33,13 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     return correct / max(test.shape[0], 1)
 
 
-def pixel_features(images: torch.Tensor) -> torch.Tensor:
-    """The raw-pixel baseline's features: uint8 images as vectors in [0, 1] (zero padding adds nothing)."""
-    return images.flatten(1).float() / 255.0
+def pixel_features(images: torch.Tensor, sigma_shifted: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """The raw-pixel baseline's features: uint8 images as vectors in [0, 1] (zero padding adds nothing), plus
+    the forward process's noise σ'·ε of the normalised space (σ'/2 in [0, 1] units, `minus_one`) if σ' > 0."""
+    x = images.flatten(1).float() / 255.0
+    if sigma_shifted > 0:
+        x = x + sigma_shifted / 2 * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed)).flatten(1)
+    return x
 
 
 @torch.no_grad()
@@ -72,14 +76,15 @@ class KnnProbe:
         self.xtr, self.ytr = probe_split(cfg, cfg.data.split, n_train)
         self.xte, self.yte = probe_split(cfg, cfg.data.eval_split, n_test)
         self.num_classes = max(cfg.model.num_classes, int(self.ytr.max()) + 1)
-        self._pixels: float | None = None
+        self._pixels: dict[float, float] = {}
 
-    def pixels(self) -> float:
-        """The same vote on raw pixels: the baseline."""
-        if self._pixels is None:
-            self._pixels = knn_accuracy(pixel_features(self.xtr), self.ytr, pixel_features(self.xte), self.yte,
-                                        self.num_classes)
-        return self._pixels
+    def pixels(self, sigma: float = 0.0) -> float:
+        """The same vote on raw pixels, noised to unshifted σ as the encoder input is (clean by default)."""
+        if sigma not in self._pixels:
+            s = sigma * self.cfg.sigma_shift
+            self._pixels[sigma] = knn_accuracy(pixel_features(self.xtr, s), self.ytr, pixel_features(self.xte, s, 1),
+                                               self.yte, self.num_classes)
+        return self._pixels[sigma]
 
     def encoder(self, net: torch.nn.Module, sigma: float | None = None) -> float:
         """k-NN accuracy of LN(CLS) at unshifted σ (default σ_min); noise is the same for every encoder."""
