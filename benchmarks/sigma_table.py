@@ -9,7 +9,8 @@ baseline on the same noisy images beside them.
     python benchmarks/sigma_table.py --recipe cpu --steps 400                      # train what is missing, probe
     python benchmarks/sigma_table.py --recipe cpu --steps 400 --encoders both      # one encoder per process
 
-Already-trained encoders in `--work` are only re-probed; `--report` rebuilds the table from `--work`.
+Encoders already trained (here, or as an arm of stage1_recipe.py with the same overrides) are only re-probed;
+`--report` rebuilds the table from `--work`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ ENCODERS = {"random": None, "contrastive": {"pretrain.consistency_weight": 0.0},
             "consistency": {"pretrain.contrastive_weight": 0.0}, "both": {}}
 
 
+def run_dir_for(over: dict, args: argparse.Namespace) -> Path:
+    """An arm of stage1_recipe.py with exactly these overrides is the same run: reuse its directory."""
+    for arm in ARMS:
+        if overrides(arm) == {k: v for k, v in over.items() if not k.startswith("train.")}:
+            return args.recipe_work / f"steps{args.steps}" / arm
+    name = "+".join(f"{k.split('.')[-1]}{v}" for k, v in over.items() if k.endswith("_weight"))
+    return args.work / f"{args.recipe}-{args.steps}" / (name or "both")
+
+
 def probe_encoder(name: str, args: argparse.Namespace, probe: KnnProbe) -> dict:
     row: dict = {"encoder": name, "recipe": args.recipe, "steps": args.steps}
     if ENCODERS[name] is None:
@@ -42,7 +52,7 @@ def probe_encoder(name: str, args: argparse.Namespace, probe: KnnProbe) -> dict:
         over = {**overrides(args.recipe), **ENCODERS[name], "train.steps": args.steps,
                 "train.ckpt_every": args.steps, "train.log_every": 25, "train.knn_every": 0,
                 "train.seed": args.seed}
-        run_dir = args.work / f"{args.recipe}-{args.steps}" / name
+        run_dir = run_dir_for(over, args)
         net, _, _ = load_network(Trainer(get_preset("fmnist-tiny", "pretrain", over), run_dir).fit().checkpoint)
         row.update(overrides=over, train_seconds=round(train_seconds(run_dir)))
     row["knn"] = {str(s): probe.encoder(net, s) for s in SIGMAS}
@@ -83,6 +93,7 @@ def main() -> None:
     p.add_argument("--encoders", nargs="*", default=list(ENCODERS), choices=list(ENCODERS))
     p.add_argument("--report", action="store_true")
     p.add_argument("--work", type=Path, default=Path("runs/sigma_table"))
+    p.add_argument("--recipe-work", type=Path, default=Path("runs/stage1_recipe"), help="stage1_recipe.py's --work")
     p.add_argument("--results", type=Path, default=Path(os.path.relpath(Path(__file__).parent / "results")))
     a = p.parse_args()
     a.results.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,14 @@ ARMS: dict[str, tuple[str | None, dict]] = {
     "grey-noblur-tau0.5": ("grey-noblur", {"pretrain.tau_c": 0.5}),
     "grey-noblur-nocons": ("grey-noblur", {"pretrain.consistency_weight": 0.0}),
     "grey-noblur-m0.996": ("grey-noblur", {"pretrain.teacher_momentum": 0.996}),
+    # The preset's warm-up is 5 % of its own 1 500 steps (75), which is a third of a 200-step run.
+    "preset-warmup10": ("preset", {"optim.warmup_steps": 10}),
+    "preset-batch64": ("preset", {"train.global_batch": 64}),  # twice the steps: the same images
+    "preset-lr3e-3-warmup10": ("preset-warmup10", {"optim.lr": 3e-3}),
+    "preset-nocons": ("preset", {"pretrain.consistency_weight": 0.0}),
+    # A teacher 1/(1 − m) = 100 steps behind the online network is a stale target in a 200–400-step run.
+    "preset-m0.9": ("preset", {"pretrain.teacher_momentum": 0.9}),
+    "preset-m0": ("preset", {"pretrain.teacher_momentum": 0.0}),
 }
 
 
@@ -72,13 +80,16 @@ def last_terms(run_dir: Path) -> dict:
 
 
 def run(arm: str, args: argparse.Namespace, probe: KnnProbe) -> dict:
-    over = {**overrides(arm), "train.steps": args.steps, "train.ckpt_every": args.steps, "train.log_every": 25,
+    # --steps counts steps of the preset's batch (128): an arm with another batch sees the same images.
+    batch = overrides(arm).get("train.global_batch", 128)
+    steps = args.steps * 128 // batch
+    over = {**overrides(arm), "train.steps": steps, "train.ckpt_every": steps, "train.log_every": 25,
             "train.knn_every": 0, "train.seed": args.seed}
     cfg = get_preset("fmnist-tiny", "pretrain", over)
     run_dir = args.work / args.tag / arm
     net, _, _ = load_network(Trainer(cfg, run_dir).fit().checkpoint)
     row = {"arm": arm, "tag": args.tag, "base": ARMS[arm][0], "overrides": overrides(arm), "steps": args.steps,
-           "batch": cfg.train.global_batch, "seed": args.seed, "threads": torch.get_num_threads(),
+           "run_steps": steps, "batch": cfg.train.global_batch, "seed": args.seed, "threads": torch.get_num_threads(),
            "train_seconds": round(train_seconds(run_dir)), "knn": probe.encoder(net), "knn_pixels": probe.pixels(),
            **last_terms(run_dir)}
     (run_dir / "probe.json").write_text(json.dumps(row, indent=2))
@@ -95,7 +106,7 @@ def report(args: argparse.Namespace) -> None:
         r.pop("run_dir", None)
     (args.results / "stage1_recipe.json").write_text(json.dumps(rows, indent=2))
     lines = ["# Stage-1 recipe at CPU scale (fmnist-tiny, k-NN of LN(CLS) at σ_min; 5 000 / 1 000 images)", "",
-             "| steps | tag | arm | change from base | k-NN | raw pixels | contrastive | consistency | train s "
+             "| steps of 128 | tag | arm | change from base | k-NN | raw pixels | contrastive | consistency | train s "
              "| s/step | threads |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = overrides(r["base"]) if r["base"] in ARMS else {}
