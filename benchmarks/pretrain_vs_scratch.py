@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 from epg.engine.checkpoint import load_network
-from epg.engine.hooks import eval_reference, knn_probe
+from epg.engine.hooks import eval_reference
 from epg.engine.runlog import class_rows, save_image_grid
 from epg.engine.trainer import NonFiniteLossError, Trainer
 from epg.generate import generate
 from epg.metrics import fid_against
+from epg.metrics.knn import knn_probe
 from epg.nn import build_rcm
 from epg.presets import get_preset
 

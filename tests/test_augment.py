@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from epg.engine.rng import SampleRNG
-from epg.objectives.augment import ViewSpec, augment_view, random_resized_crop_flip
+from epg.objectives.augment import ViewSpec, augment_view, grey_jitter, random_erase, random_resized_crop_flip
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pretrain import _images, tiny_cfg, tiny_objective  # noqa: E402
@@ -111,3 +112,59 @@ def test_rgb_colour_jitter_and_grayscale_change_colours():
     assert not torch.allclose(plain[:, 0], plain[:, 1])
 
 
+
+
+# ------------------------------------------------ grey jitter and random erasing (CPU presets; off in the paper)
+
+
+def test_extra_ops_are_wired_from_the_config_and_off_in_the_paper():
+    v1, v2 = tiny_objective(**{"pretrain.grey_jitter_p": 0.7, "pretrain.grey_strength": 0.5,
+                               "pretrain.erase_p": 0.3}).views
+    for v in (v1, v2):
+        assert (v.grey_jitter_p, v.grey_strength, v.erase_p) == (0.7, 0.5, 0.3)
+    from epg.presets import get_preset
+
+    p = get_preset("rcm-b-16-in256", "pretrain").pretrain
+    assert (p.grey_jitter_p, p.erase_p) == (0.0, 0.0)
+
+
+def test_grey_jitter_brightness_and_contrast_by_hand():
+    x = torch.tensor([0.2, 0.4, 0.6, 0.6]).view(1, 1, 2, 2)
+    # u = (0.75, 0.5), strength 0.4: brightness × 1.2, contrast × 1.0
+    torch.testing.assert_close(grey_jitter(x, torch.tensor([[0.75, 0.5]]), 0.4), x * 1.2)
+    # u = (0.5, 1.0): brightness × 1, contrast × 1.4 about the mean 0.45
+    torch.testing.assert_close(grey_jitter(x, torch.tensor([[0.5, 1.0]]), 0.4), 0.45 + 1.4 * (x - 0.45))
+
+
+def test_grey_jitter_applies_to_one_channel_with_its_probability():
+    n = 400
+    img = torch.full((n, 1, 32, 32), 100, dtype=torch.uint8)  # constant: crop, flip and contrast keep it
+    rng = SampleRNG(11, 0, torch.arange(n))
+    plain = augment_view(img, rng, ViewSpec("v", 0.0, 0.0, 0.3))
+    out = augment_view(img, rng, ViewSpec("v", 0.0, 0.0, 0.3, grey_jitter_p=0.5))
+    changed = (out - plain).flatten(1).abs().amax(1) > 1e-5
+    assert 0.4 <= changed.float().mean().item() <= 0.6  # binomial std 0.025
+    ratio = out.mean(dim=(1, 2, 3))[changed] / (100 / 255)
+    assert ratio.min() >= 0.6 - 1e-5 and ratio.max() <= 1.4 + 1e-5 and ratio.std() > 0.15  # U(0.6, 1.4): 0.23
+    rgb = _images(8, 3, seed=2)  # RGB views use the paper's colour jitter only
+    spec = ViewSpec("v", 0.0, 0.0, 0.3, jitter_p=0.0, gray_p=0.0)
+    rng = SampleRNG(11, 0, torch.arange(8))
+    assert torch.equal(augment_view(rgb, rng, spec), augment_view(rgb, rng, ViewSpec(
+        "v", 0.0, 0.0, 0.3, jitter_p=0.0, gray_p=0.0, grey_jitter_p=1.0)))
+
+
+def test_random_erase_rectangle_by_hand_and_probability():
+    x = torch.ones(1, 1, 32, 32)
+    # area 0.02, ratio 0.3: h = round(√(0.02/0.3)·32) = 8, w = round(√(0.006)·32) = 2, at the top-left corner
+    out = random_erase(x, torch.tensor([[0.0, 0.0, 0.0, 0.0]]))
+    assert torch.equal(out[0, 0, :8, :2], torch.zeros(8, 2)) and int((out == 0).sum()) == 16
+    # u just below 1 puts the largest square-ish patch at the bottom-right corner
+    out = random_erase(x, torch.tensor([[0.999, 0.5, 0.999, 0.999]]))
+    side = round(math.sqrt(0.02 + 0.31 * 0.999) * 32)
+    assert int((out == 0).sum()) == side * side and float(out[0, 0, -1, -1]) == 0.0
+    n = 400
+    img = torch.full((n, 1, 32, 32), 200, dtype=torch.uint8)
+    rng = SampleRNG(3, 1, torch.arange(n))
+    erased = (augment_view(img, rng, ViewSpec("v", 0.0, 0.0, 0.3, erase_p=0.5)) == 0).flatten(1).any(1)
+    assert 0.4 <= erased.float().mean().item() <= 0.6
+    assert not (augment_view(img, rng, ViewSpec("v", 0.0, 0.0, 0.3)) == 0).any()

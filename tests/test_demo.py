@@ -19,5 +19,6 @@ def test_quick_demo_writes_every_promised_file(tmp_path):
     assert (run / "pretrain" / "curves.png").is_file() and (run / "diffusion" / "curves.png").is_file()
     assert 0.0 < summary["fid"] < 1000.0
     assert 0.1 < summary["knn_accuracy"] <= 1.0
+    assert summary["knn_pixels"] == 377 / 500  # raw pixels on the quick probe (2 000 / 500 images): 0.754
     assert summary["nfe"] == 75  # 32 Heun steps + final Euler step + interval CFG
     assert list((run / "diffusion" / "checkpoints").iterdir())

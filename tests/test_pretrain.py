@@ -332,3 +332,32 @@ def test_pretrain_objective_bf16_forward_backward_and_teacher_ema():
     for t_old, w, t_new in zip(before, online, obj.teacher.parameters()):
         torch.testing.assert_close(t_new, t_old + (1 - 0.99) * (w - t_old), atol=1e-6, rtol=1e-6)
         assert not torch.allclose(t_new, t_old)
+
+
+# --------------------------------------------------------------------------- loss weights (CPU ablations)
+
+
+def test_term_weights_scale_each_term_and_zero_skips_it():
+    n = 8
+    images, labels = _images(n, 1, seed=6), torch.zeros(n, dtype=torch.long)
+
+    def run(**weights):
+        obj = tiny_objective(**{f"pretrain.{k}_weight": v for k, v in weights.items()})
+        return obj(images, labels, SampleRNG(0, 3, torch.arange(n)), 3)
+
+    _, ref = run()
+    loss, terms = run(contrastive=2.0, consistency=0.5)
+    torch.testing.assert_close(terms["contrastive"], ref["contrastive"])
+    torch.testing.assert_close(terms["consistency"], ref["consistency"])
+    torch.testing.assert_close(loss.detach(), 2.0 * ref["contrastive"] + 0.5 * ref["consistency"])
+    loss, terms = run(consistency=0.0)  # contrastive only: the other branch is not computed
+    assert float(terms["consistency"]) == 0.0
+    torch.testing.assert_close(loss.detach(), ref["contrastive"])
+    loss, terms = run(contrastive=0.0)  # consistency only
+    assert float(terms["contrastive"]) == 0.0
+    torch.testing.assert_close(loss.detach(), ref["consistency"])
+    obj = tiny_objective(**{"pretrain.contrastive_weight": 0.0})
+    obj(images, labels, SampleRNG(0, 3, torch.arange(n)), 3)[0].backward()
+    # the consistency term alone trains the encoder, not the projector (it reads LN(CLS))
+    assert all(p.grad is None for p in obj.net.projector.parameters())
+    assert all(p.grad is not None for p in obj.net.encoder.blocks.parameters())

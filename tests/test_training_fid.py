@@ -9,6 +9,7 @@ import torch
 
 from epg.engine.hooks import default_hooks
 from epg.engine.trainer import Trainer
+from epg.metrics.knn import KnnProbe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_worker import Synthetic, tiny_config  # noqa: E402
@@ -32,3 +33,4 @@ def test_knn_probe_is_logged_during_pretraining(tmp_path):
     trainer.fit(default_hooks(cfg))
     record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= record["knn_acc"] <= 1.0
+    assert record["knn_pixels"] == KnnProbe(cfg).pixels()  # the raw-pixel baseline beside it, same images

@@ -110,6 +110,15 @@ class PretrainConfig:
     blur_p2: float = 0.1
     solarize_p2: float = 0.2
     crop_min_scale: float = 0.08
+    # Not in the paper (0 = off): brightness/contrast jitter of 1-channel views (the paper's colour jitter is a
+    # no-op there) and random erasing, on both views (the CPU presets; benchmarks/results/stage1_recipe.md).
+    grey_jitter_p: float = 0.0
+    grey_strength: float = 0.4
+    erase_p: float = 0.0
+    # Weights of the two terms (the paper: 1 and 1); 0 skips that branch — the one-term ablations of the σ table
+    # (consistency only leaves the projector unused: single-process, as DDP would need find_unused_parameters).
+    contrastive_weight: float = 1.0
+    consistency_weight: float = 1.0
 
 
 @dataclass

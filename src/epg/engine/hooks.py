@@ -9,14 +9,11 @@ import torch
 from tqdm import tqdm
 
 from epg.config import Config
-from epg.data import open_dataset
 from epg.engine.distributed import barrier, gather_cat
 from epg.engine.runlog import save_image_grid
 from epg.generate import generate
-from epg.metrics.knn import knn_accuracy
+from epg.metrics.knn import knn_report
 from epg.nn import build_generator, build_rcm
-from epg.noise import c_in, c_noise
-from epg.pixels import normalize
 
 Hook = Callable[[object, int], dict]
 
@@ -91,49 +88,11 @@ def fid_hook(trainer, step: int) -> dict:
     return {"fid": fid} if env.is_main else {}
 
 
-@torch.no_grad()
-def encoder_features(net: torch.nn.Module, cfg: Config, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """LN(CLS) of clean images at σ'_min: what the k-NN probe and linear probes read."""
-    device = next(net.parameters()).device
-    sigma = cfg.noise.sigma_min * cfg.sigma_shift
-    out = []
-    for chunk in images.split(batch):
-        x = normalize(chunk.to(device), cfg.noise.normalization)
-        s = torch.full((x.shape[0],), sigma, device=device)
-        out.append(net.features(c_in(s.view(-1, 1, 1, 1), cfg.noise.sigma_data) * x, c_noise(s)).float().cpu())
-    return torch.cat(out)
-
-
-def probe_split(cfg: Config, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n images (evenly spaced) of a split, with labels."""
-    held_out = split == cfg.data.eval_split and cfg.data.eval_source
-    source = cfg.data.eval_source if held_out else cfg.data.source
-    ds = open_dataset(source, split, resolution=cfg.model.img_size)
-    idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).long().tolist()
-    items = [ds[i] for i in idx]
-    return torch.stack([im for im, _ in items]), torch.tensor([lab for _, lab in items])
-
-
 def knn_hook(trainer, step: int) -> dict:
-    cfg = trainer.cfg
-    result = {}
-    if trainer.env.is_main:
-        acc = knn_probe(trainer.net, cfg)
-        result = {"knn_acc": acc}
+    """k-NN of LN(CLS) at σ_min, with the raw-pixel baseline on the same images beside it."""
+    result = knn_report(trainer.net, trainer.cfg) if trainer.env.is_main else {}
     barrier()
     return result
-
-
-def knn_probe(net: torch.nn.Module, cfg: Config, n_train: int = 5000, n_test: int = 1000) -> float:
-    """k-NN accuracy of LN(CLS) at σ_min: train-split features vote for held-out images."""
-    was_training = net.training
-    net.eval()
-    xtr, ytr = probe_split(cfg, cfg.data.split, n_train)
-    xte, yte = probe_split(cfg, cfg.data.eval_split, n_test)
-    acc = knn_accuracy(encoder_features(net, cfg, xtr), ytr, encoder_features(net, cfg, xte), yte,
-                       max(cfg.model.num_classes, int(ytr.max()) + 1))
-    net.train(was_training)
-    return acc
 
 
 def default_hooks(cfg: Config) -> list[Hook]:

@@ -27,6 +27,11 @@ class ViewSpec:
     crop_min_scale: float = 0.08
     jitter_p: float = 0.8
     gray_p: float = 0.2
+    # Not in the paper (its jitter is colour, a no-op on 1 channel): brightness/contrast jitter of grey images and
+    # random erasing, for the CPU presets (benchmarks/results/stage1_recipe.md).
+    grey_jitter_p: float = 0.0
+    grey_strength: float = 0.4
+    erase_p: float = 0.0
 
 
 def random_resized_crop_flip(x: torch.Tensor, rng: SampleRNG, stream: str, min_scale: float) -> torch.Tensor:
@@ -80,6 +85,30 @@ def color_jitter(x: torch.Tensor, u: torch.Tensor, b: float = 0.4, c: float = 0.
     return _hsv_to_rgb(hsv).clamp(0, 1)
 
 
+def grey_jitter(x: torch.Tensor, u: torch.Tensor, strength: float) -> torch.Tensor:
+    """Brightness then contrast (about the image mean), factors 1 ± strength from u (B, 2) ∈ [0, 1)."""
+    col = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
+    x = (x * col(1 - strength + 2 * strength * u[:, 0])).clamp(0, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (mean + col(1 - strength + 2 * strength * u[:, 1]) * (x - mean)).clamp(0, 1)
+
+
+def random_erase(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Zero one rectangle of area 2–33 % of the image, aspect ratio 0.3–3.3, position from u (B, 4) ∈ [0, 1)."""
+    _, _, hh, ww = x.shape
+    area = 0.02 + (0.33 - 0.02) * u[:, 0]
+    log_ratio = math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[:, 1]
+    eh = (torch.sqrt(area / torch.exp(log_ratio)) * hh).round().clamp(1, hh)
+    ew = (torch.sqrt(area * torch.exp(log_ratio)) * ww).round().clamp(1, ww)
+    top = ((hh - eh + 1) * u[:, 2]).floor().clamp(max=hh - 1)
+    left = ((ww - ew + 1) * u[:, 3]).floor().clamp(max=ww - 1)
+    rows = torch.arange(hh, device=x.device).view(1, -1, 1)
+    cols = torch.arange(ww, device=x.device).view(1, 1, -1)
+    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + eh).view(-1, 1, 1))
+              & (cols >= left.view(-1, 1, 1)) & (cols < (left + ew).view(-1, 1, 1)))
+    return x.masked_fill(inside[:, None], 0.0)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur with a per-sample σ (pixels), reflect padding."""
     bsz, ch, hh, ww = x.shape
@@ -103,9 +132,15 @@ def augment_view(images: torch.Tensor, rng: SampleRNG, spec: ViewSpec) -> torch.
     if x.shape[1] == 3:  # colour ops are no-ops on single-channel images
         x = torch.where(gate(u[:, 0] < spec.jitter_p), color_jitter(x, u[:, 1:5]), x)
         x = torch.where(gate(u[:, 5] < spec.gray_p), _gray(x), x)
+    # The extra ops draw from a stream of their own, so that the paper's views are unchanged when they are off.
+    e = rng.rand(spec.name + ".grey", 8).to(x.device) if spec.grey_jitter_p > 0 or spec.erase_p > 0 else None
+    if spec.grey_jitter_p > 0 and x.shape[1] == 1:
+        x = torch.where(gate(e[:, 0] < spec.grey_jitter_p), grey_jitter(x, e[:, 1:3], spec.grey_strength), x)
     sigma = BLUR_SIGMA_MIN + (BLUR_SIGMA_MAX - BLUR_SIGMA_MIN) * u[:, 6]
     if spec.blur_p > 0:
         x = torch.where(gate(u[:, 7] < spec.blur_p), gaussian_blur(x, sigma), x)
     if spec.solarize_p > 0:
         x = torch.where(gate(u[:, 8] < spec.solarize_p), torch.where(x >= 0.5, 1.0 - x, x), x)
+    if spec.erase_p > 0:
+        x = torch.where(gate(e[:, 3] < spec.erase_p), random_erase(x, e[:, 4:8]), x)
     return x.clamp(0, 1)

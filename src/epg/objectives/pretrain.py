@@ -63,8 +63,9 @@ class PretrainObjective(Objective):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         p = cfg.pretrain
-        self.views = (ViewSpec("view1", p.blur_p1, 0.0, p.crop_min_scale),
-                      ViewSpec("view2", p.blur_p2, p.solarize_p2, p.crop_min_scale))
+        extra = dict(grey_jitter_p=p.grey_jitter_p, grey_strength=p.grey_strength, erase_p=p.erase_p)
+        self.views = (ViewSpec("view1", p.blur_p1, 0.0, p.crop_min_scale, **extra),
+                      ViewSpec("view2", p.blur_p2, p.solarize_p2, p.crop_min_scale, **extra))
 
     def _encode(self, net: nn.Module, x: torch.Tensor, sigma_shifted: torch.Tensor, projector: bool) -> torch.Tensor:
         s = sigma_shifted.float()
@@ -87,27 +88,30 @@ class PretrainObjective(Objective):
         cfg, p, s = self.cfg, self.cfg.pretrain, self.cfg.sigma_shift
         dev = images.device
         eps = rng.randn("eps", *images.shape[1:])
-        # Consistency branch: two adjacent points of one trajectory (same image, same ε).
-        x0 = self.prepare(images, rng, cfg.data.hflip)
-        t_n, t_n1 = self.grid_pair(rng, step, images.shape[0])
-        tn_s, tn1_s = (t_n * s).float().to(dev), (t_n1 * s).float().to(dev)
-        use_proj = p.consistency_features == "projector"
-        q = self._encode(self.net, x0 + tn_s.view(-1, 1, 1, 1) * eps, tn_s, use_proj)
-        with torch.no_grad():
-            k = self._encode(self.net, x0 + tn1_s.view(-1, 1, 1, 1) * eps, tn1_s, use_proj)
-        tau = consistency_tau(t_n.float(), p.tau1, tau2_at(step, cfg.train.steps, p.tau2_schedule, p.tau2_constant),
-                              cfg.noise.sigma_min, cfg.noise.sigma_max).to(dev)
-        loss_cons = info_nce(q, k, tau).mean()
-        # Contrastive branch: two strong views at the lowest noise level, EMA teacher keys, symmetric.
-        y1, y2 = (normalize(augment_view(images, rng, v) * 255.0, cfg.noise.normalization) for v in self.views)
-        t0 = torch.full((images.shape[0],), cfg.noise.sigma_min * s, device=dev)
-        y1, y2 = y1 + t0.view(-1, 1, 1, 1) * eps, y2 + t0.view(-1, 1, 1, 1) * eps
-        q1, q2 = self._encode(self.net, y1, t0, True), self._encode(self.net, y2, t0, True)
-        with torch.no_grad():
-            k1, k2 = self._encode(self.teacher, y1, t0, True), self._encode(self.teacher, y2, t0, True)
-        loss_12 = info_nce(q1, k2, p.tau_c).mean()
-        loss_21 = info_nce(q2, k1, p.tau_c).mean()
-        loss = loss_12 + loss_21 + loss_cons
+        zero = torch.zeros((), device=dev)
+        loss_cons = loss_12 = loss_21 = zero
+        if p.consistency_weight:  # two adjacent points of one trajectory (same image, same ε)
+            x0 = self.prepare(images, rng, cfg.data.hflip)
+            t_n, t_n1 = self.grid_pair(rng, step, images.shape[0])
+            tn_s, tn1_s = (t_n * s).float().to(dev), (t_n1 * s).float().to(dev)
+            use_proj = p.consistency_features == "projector"
+            q = self._encode(self.net, x0 + tn_s.view(-1, 1, 1, 1) * eps, tn_s, use_proj)
+            with torch.no_grad():
+                k = self._encode(self.net, x0 + tn1_s.view(-1, 1, 1, 1) * eps, tn1_s, use_proj)
+            tau = consistency_tau(t_n.float(), p.tau1,
+                                  tau2_at(step, cfg.train.steps, p.tau2_schedule, p.tau2_constant),
+                                  cfg.noise.sigma_min, cfg.noise.sigma_max).to(dev)
+            loss_cons = info_nce(q, k, tau).mean()
+        if p.contrastive_weight:  # two strong views at the lowest noise level, EMA teacher keys, symmetric
+            y1, y2 = (normalize(augment_view(images, rng, v) * 255.0, cfg.noise.normalization) for v in self.views)
+            t0 = torch.full((images.shape[0],), cfg.noise.sigma_min * s, device=dev)
+            y1, y2 = y1 + t0.view(-1, 1, 1, 1) * eps, y2 + t0.view(-1, 1, 1, 1) * eps
+            q1, q2 = self._encode(self.net, y1, t0, True), self._encode(self.net, y2, t0, True)
+            with torch.no_grad():
+                k1, k2 = self._encode(self.teacher, y1, t0, True), self._encode(self.teacher, y2, t0, True)
+            loss_12 = info_nce(q1, k2, p.tau_c).mean()
+            loss_21 = info_nce(q2, k1, p.tau_c).mean()
+        loss = p.contrastive_weight * (loss_12 + loss_21) + p.consistency_weight * loss_cons
         return loss, {"contrastive": (loss_12 + loss_21).detach(), "consistency": loss_cons.detach()}
 
     @torch.no_grad()

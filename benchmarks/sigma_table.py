@@ -1,0 +1,108 @@
+"""Is the representation consistent along the noising trajectory? k-NN of LN(CLS) at several σ (issue #15, item 2).
+
+Four encoders of `fmnist-tiny`: a random one (the MoCo v3 init, seed 0), and three pre-trained with one recipe of
+`benchmarks/stage1_recipe.py` for `--steps` steps — contrastive term only, consistency term only, both (EPG).
+Each is probed by `epg.metrics.knn` (5 000 train / 1 000 test images, 20-NN cosine) on images noised to the
+*unshifted* σ (the network sees σ·s, s = 0.5 at 32²; the same fixed noise for every encoder), with the raw-pixel
+baseline on the same noisy images beside them.
+
+    python benchmarks/sigma_table.py --recipe cpu --steps 400                      # train what is missing, probe
+    python benchmarks/sigma_table.py --recipe cpu --steps 400 --encoders both      # one encoder per process
+
+Encoders already trained (here, or as an arm of stage1_recipe.py with the same overrides) are only re-probed;
+`--report` rebuilds the table from `--work`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from stage1_recipe import ARMS, overrides, train_seconds  # benchmarks/ is on sys.path when run as a script
+
+from epg.engine.checkpoint import load_network
+from epg.engine.trainer import Trainer
+from epg.metrics.knn import KnnProbe
+from epg.nn import build_rcm
+from epg.presets import get_preset
+
+SIGMAS = (0.002, 0.5, 2.0, 10.0)  # unshifted
+ENCODERS = {"random": None, "contrastive": {"pretrain.consistency_weight": 0.0},
+            "consistency": {"pretrain.contrastive_weight": 0.0}, "both": {}}
+
+
+def run_dir_for(over: dict, args: argparse.Namespace) -> Path:
+    """An arm of stage1_recipe.py with exactly these overrides is the same run: reuse its directory."""
+    for arm in ARMS:
+        if overrides(arm) == {k: v for k, v in over.items() if not k.startswith("train.")}:
+            return args.recipe_work / f"steps{args.steps}" / arm
+    name = "+".join(f"{k.split('.')[-1]}{v}" for k, v in over.items() if k.endswith("_weight"))
+    return args.work / f"{args.recipe}-{args.steps}" / (name or "both")
+
+
+def probe_encoder(name: str, args: argparse.Namespace, probe: KnnProbe) -> dict:
+    row: dict = {"encoder": name, "recipe": args.recipe, "steps": args.steps}
+    if ENCODERS[name] is None:
+        torch.manual_seed(args.seed)
+        net = build_rcm(get_preset("fmnist-tiny", "pretrain").model)
+    else:
+        over = {**overrides(args.recipe), **ENCODERS[name], "train.steps": args.steps,
+                "train.ckpt_every": args.steps, "train.log_every": 25, "train.knn_every": 0,
+                "train.seed": args.seed}
+        run_dir = run_dir_for(over, args)
+        net, _, _ = load_network(Trainer(get_preset("fmnist-tiny", "pretrain", over), run_dir).fit().checkpoint)
+        row.update(overrides=over, train_seconds=round(train_seconds(run_dir)))
+    row["knn"] = {str(s): probe.encoder(net, s) for s in SIGMAS}
+    row["knn_pixels"] = {str(s): probe.pixels(s) for s in SIGMAS}
+    out = args.work / f"{args.recipe}-{args.steps}" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=2))
+    print(name, row["knn"], flush=True)
+    return row
+
+
+def report(args: argparse.Namespace) -> None:
+    folder = args.work / f"{args.recipe}-{args.steps}"
+    rows = [json.loads((folder / f"{n}.json").read_text()) for n in ENCODERS if (folder / f"{n}.json").exists()]
+    (args.results / "sigma_table.json").write_text(json.dumps(rows, indent=2))
+    lines = [f"# k-NN of LN(CLS) along the noising trajectory (fmnist-tiny, recipe `{args.recipe}`, "
+             f"{args.steps} stage-1 steps of 128)", "",
+             "| encoder | " + " | ".join(f"σ = {s}" for s in SIGMAS) + " | train s |",
+             "|---|" + "---|" * (len(SIGMAS) + 1)]
+    for r in rows:
+        accs = " | ".join(f"{r['knn'][str(s)]:.3f}" for s in SIGMAS)
+        lines.append(f"| {r['encoder']} | {accs} | {r.get('train_seconds', '—')} |")
+    if rows:
+        accs = " | ".join(f"{rows[0]['knn_pixels'][str(s)]:.3f}" for s in SIGMAS)
+        lines.append(f"| raw pixels (same noise) | {accs} | — |")
+    lines += ["", "σ is unshifted (the network sees σ·0.5); 5 000 / 1 000 images, one seed, fixed noise per σ. "
+              f"Rerun: `python benchmarks/sigma_table.py --recipe {args.recipe} --steps {args.steps}`."]
+    table = "\n".join(lines) + "\n"
+    (args.results / "sigma_table.md").write_text(table)
+    print(table)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="preset", choices=list(ARMS), help="an arm of stage1_recipe.py")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoders", nargs="*", default=list(ENCODERS), choices=list(ENCODERS))
+    p.add_argument("--report", action="store_true")
+    p.add_argument("--work", type=Path, default=Path("runs/sigma_table"))
+    p.add_argument("--recipe-work", type=Path, default=Path("runs/stage1_recipe"), help="stage1_recipe.py's --work")
+    p.add_argument("--results", type=Path, default=Path(os.path.relpath(Path(__file__).parent / "results")))
+    a = p.parse_args()
+    a.results.mkdir(parents=True, exist_ok=True)
+    if not a.report:
+        probe = KnnProbe(get_preset("fmnist-tiny", "pretrain"))
+        for name in a.encoders:
+            probe_encoder(name, a, probe)
+    report(a)
+
+
+if __name__ == "__main__":
+    main()
