@@ -20,8 +20,7 @@ from torch import nn
 from epg.config import Config, ConfigError, apply_overrides
 from epg.engine.checkpoint import load_network
 from epg.generate import generate
-from epg.noise import c_in, c_noise
-from epg.pixels import normalize
+from epg.metrics.knn import encoder_features
 
 
 def _as_nchw(images: Any) -> torch.Tensor:
@@ -96,20 +95,12 @@ class Pipeline:
         if tuple(x.shape[1:]) != (m.channels, m.img_size, m.img_size):
             raise ConfigError(f"images are {tuple(x.shape[1:])} (C, H, W); this model takes "
                               f"{(m.channels, m.img_size, m.img_size)}")
-        s = (self.cfg.noise.sigma_min if sigma is None else float(sigma)) * self.cfg.sigma_shift
-        encoder = self.net.encoder
-        gen = torch.Generator().manual_seed(seed)
         was_training = self.net.training
         self.net.eval()
-        out = []
-        for chunk in x.split(batch_size):
-            x0 = normalize(chunk, self.cfg.noise.normalization)
-            xs = (x0 + s * torch.randn(x0.shape, generator=gen)).to(self.device)
-            sig = torch.full((xs.shape[0],), s, device=self.device)
-            tokens, _ = encoder(c_in(sig.view(-1, 1, 1, 1), self.cfg.noise.sigma_data) * xs, c_noise(sig))
-            out.append(tokens[:, 0].float().cpu())
-        self.net.train(was_training)
-        return torch.cat(out)
+        try:
+            return encoder_features(self.net.encoder, self.cfg, x, sigma, batch_size, seed)
+        finally:
+            self.net.train(was_training)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> Pipeline:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from epg.atomic import atomic_path
 from epg.config import Config, ConfigError
 from epg.engine import checkpoint as ck
 from epg.interop import official
@@ -171,14 +170,11 @@ def export_official(run: Path, out: Path) -> Path:
     else:
         ema = ck.read_tensors(ckpt, "ema") if (ckpt / "ema.safetensors").is_file() else model
         files = {"nnet.pth": model, "nnet_ema.pth": ema}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, state in files.items():
-        official.save_pth(tmp / name, official.to_official(state))
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for name, state in files.items():
+            official.save_pth(tmp / name, official.to_official(state))
     return out
 
 

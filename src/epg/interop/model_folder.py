@@ -10,13 +10,12 @@ the same reader as a checkpoint (`epg.engine.checkpoint.load_network`), so `epg 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
+from epg.atomic import atomic_path
 from epg.config import Config, all_keys, config_from_dict
 from epg.engine import checkpoint as ck
 from epg.presets import PRESETS, get_preset
@@ -130,14 +129,11 @@ def export_model_folder(run: Path, out: Path, evaluation: dict[str, Any] | None 
     weights = ck.read_tensors(ckpt, "ema" if (ckpt / "ema.safetensors").is_file() else "model")
     params = sum(v.numel() for k, v in weights.items() if "running_" not in k and "num_batches" not in k)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(folder_config(cfg), indent=2, sort_keys=True) + "\n")
-    (tmp / "README.md").write_text(model_card(cfg, ckpt, run_dir, params, evaluation))
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(folder_config(cfg), indent=2, sort_keys=True) + "\n")
+        (tmp / "README.md").write_text(model_card(cfg, ckpt, run_dir, params, evaluation))
     config_from_dict({k: v for k, v in folder_config(cfg).items() if not k.startswith("_")})  # reads back
     return out

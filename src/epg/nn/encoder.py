@@ -46,6 +46,10 @@ class Encoder(nn.Module):
             outs.append(h)
         return self.norm(h), outs
 
+    def features(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """h = LN(CLS): the representation used by the consistency loss and the k-NN probe."""
+        return self(x, c_noise)[0][:, 0]
+
 
 class Projector(nn.Module):
     """g: Linear → BN → ReLU → Linear → BN → ReLU → Linear, all without bias, no final BN (METHOD.md §2)."""
@@ -89,8 +93,8 @@ class RCM(nn.Module):
         nn.init.zeros_(pe.bias)
 
     def features(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        """h = LN(CLS): the representation used by the consistency loss and the k-NN probe."""
-        return self.encoder(x, c_noise)[0][:, 0]
+        """h = LN(CLS) of the encoder (the projector's input)."""
+        return self.encoder.features(x, c_noise)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """g(LN(CLS)): the projector output used by the contrastive loss."""
