@@ -16,7 +16,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from epg.atomic import atomic_path
-from epg.config import Config, all_keys, config_from_dict
+from epg.config import Config, all_keys
 from epg.engine import checkpoint as ck
 from epg.presets import PRESETS, get_preset
 
@@ -135,5 +135,4 @@ def export_model_folder(run: Path, out: Path, evaluation: dict[str, Any] | None 
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(folder_config(cfg), indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(model_card(cfg, ckpt, run_dir, params, evaluation))
-    config_from_dict({k: v for k, v in folder_config(cfg).items() if not k.startswith("_")})  # reads back
     return out
