@@ -27,12 +27,12 @@ from pathlib import Path
 from sigma_sensitivity import denoising_mse  # benchmarks/ is on sys.path when run as a script
 
 from epg.engine.checkpoint import load_network
-from epg.engine.hooks import eval_reference
 from epg.engine.runlog import class_rows, save_image_grid
 from epg.engine.trainer import Trainer
+from epg.evaluation import eval_reference
 from epg.generate import generate
 from epg.metrics import fid_against
-from epg.objectives.consistency import consistency_function
+from epg.nn import consistency_function
 from epg.presets import get_preset
 
 SIGMAS = (0.05, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 80.0)  # unshifted

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from epg.engine.checkpoint import load_network
-from epg.engine.hooks import eval_reference
 from epg.engine.runlog import class_rows, save_image_grid
 from epg.engine.trainer import NonFiniteLossError, Trainer
+from epg.evaluation import eval_reference
 from epg.generate import generate
 from epg.metrics import fid_against
-from epg.metrics.knn import knn_probe
+from epg.metrics.knn import KnnProbe
 from epg.nn import build_rcm
 from epg.presets import get_preset
 
@@ -40,13 +40,14 @@ def pretrain(args: argparse.Namespace) -> dict:
     cfg = get_preset(args.preset, "pretrain", {"train.steps": args.pretrain_steps, "train.knn_every": 0,
                                                "train.ckpt_every": max(args.pretrain_steps // 4, 1)})
     torch.manual_seed(0)
-    knn_random = knn_probe(build_rcm(cfg.model), cfg)
+    probe = KnnProbe(cfg)
+    knn_random = probe.encoder(build_rcm(cfg.model))
     t0 = time.perf_counter()
     result = Trainer(cfg, args.work / "pretrain").fit()
     seconds = time.perf_counter() - t0
     encoder, _, _ = load_network(result.checkpoint)
     info = {"steps": args.pretrain_steps, "images": args.pretrain_steps * cfg.train.global_batch,
-            "seconds": round(seconds, 1), "knn_random": knn_random, "knn_pretrained": knn_probe(encoder, cfg),
+            "seconds": round(seconds, 1), "knn_random": knn_random, "knn_pretrained": probe.encoder(encoder),
             "checkpoint": str(result.checkpoint)}
     out.write_text(json.dumps(info, indent=2))
     return info

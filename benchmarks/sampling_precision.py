@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from epg.engine.checkpoint import load_network
-from epg.engine.hooks import eval_reference
 from epg.engine.trainer import Trainer
+from epg.evaluation import eval_reference
 from epg.generate import generate
 from epg.metrics import fid_against
 from epg.presets import get_preset

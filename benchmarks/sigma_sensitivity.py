@@ -23,8 +23,8 @@ import torch
 
 from epg.data import open_dataset
 from epg.engine.checkpoint import load_network
-from epg.noise import c_in, c_noise
-from epg.objectives.diffusion import x0_prediction
+from epg.nn import x0_prediction
+from epg.noise import add_noise, c_in, c_noise
 from epg.pixels import normalize
 
 SIGMAS = (0.002, 0.05, 0.2, 1.0, 10.0, 80.0)  # unshifted
@@ -47,7 +47,7 @@ def denoising_mse(net, cfg, sigmas, n: int, seed: int, predict=None) -> list[flo
     out = []
     for sigma in sigmas:
         ss = torch.full((n,), sigma * cfg.sigma_shift)
-        x = x0 + ss.view(-1, 1, 1, 1) * eps
+        x = add_noise(x0, ss, eps)
         pred = predict(net, x, ss, y, cfg) if predict else x0_prediction(net, x, ss, y, cfg.noise.sigma_data)
         out.append(float(((pred - x0) ** 2).mean()))
     return out
@@ -60,7 +60,8 @@ def probe(checkpoint: str, online: bool, n: int = 64, sigma_probe: float = 0.5, 
     s = cfg.sigma_shift
     per_sigma = [{"sigma": sigma, "mse": mse, "copy_mse": (sigma * s) ** 2}
                  for sigma, mse in zip(SIGMAS, denoising_mse(net, cfg, SIGMAS, n, seed))]
-    inp = c_in(torch.tensor(sigma_probe * s)) * (x0 + sigma_probe * s * eps)
+    # the input at σ_probe, the conditioning at every σ: how much the network listens to c_noise
+    inp = c_in(torch.tensor(sigma_probe * s)) * add_noise(x0, sigma_probe * s, eps)
     ref = net(inp, c_noise(torch.full((n,), sigma_probe * s)), y)
     change = [{"conditioned_sigma": sigma,
                "output_change_mse": float(((net(inp, c_noise(torch.full((n,), sigma * s)), y) - ref) ** 2).mean())}

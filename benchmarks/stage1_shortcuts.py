@@ -28,11 +28,11 @@ import torch
 
 from epg.data import open_dataset
 from epg.engine.checkpoint import load_network
-from epg.engine.rng import SampleRNG
 from epg.noise import karras_sigmas
 from epg.objectives.augment import augment_view
 from epg.objectives.pretrain import PretrainObjective, info_nce
 from epg.pixels import normalize
+from epg.rng import SampleRNG
 
 
 def score(obj: PretrainObjective, v1: torch.Tensor, v2: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor) -> dict:

@@ -1,8 +1,10 @@
 """Training and sampling throughput: images/s, achieved FLOP/s against a measured GEMM peak, peak memory per step.
 
-For each model and stage it times, after warm-up, the median of several engine-like steps on random uint8 images:
-pre-training, diffusion and consistency steps (forward + backward + AdamW + EMA, bf16 autocast like the engine)
-and one Heun denoiser evaluation with CFG (cond + uncond rows in one forward, no grad). Every (model, stage) runs
+For each model and stage it times, after warm-up, the median of several steps of the product's own training step
+(`Trainer.train_step` of a real Trainer on random uint8 images: learning rate, forward + backward, clipping, AdamW,
+EMA and the stage-1 teacher, bf16 autocast like the engine) for pre-training, diffusion and consistency (with the
+frozen W of a stage-1 checkpoint), and one Heun denoiser evaluation with CFG (cond + uncond rows in one forward,
+no grad). Every (model, stage) runs
 in a fresh subprocess so its peak RSS (CPU) or `max_memory_allocated` (GPU) is its own. FLOPs are counted
 analytically (METHOD.md §2: 2 × MACs with the attention matmuls, × 3 for forward + backward); the peak is the best
 bf16/fp32 GEMM of the models' own shapes in the same run. Before/after ratios: CPU attention through SDPA's math
@@ -27,19 +29,18 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from epg.config import Config
-from epg.engine.rng import SampleRNG
-from epg.engine.schedule import ema_update
-from epg.nn import build_generator, build_rcm, compute_of
+from epg.config import Config, apply_overrides
+from epg.engine.setup import param_groups
+from epg.engine.trainer import Trainer
+from epg.nn import autocast, build_generator, generator_compute, rcm_compute, x0_prediction
 from epg.nn import layers as nn_layers
 from epg.nn.flops import model_compute
-from epg.objectives import ConsistencyObjective, build_objective
-from epg.objectives.diffusion import x0_prediction
 from epg.presets import get_preset
 from epg.sampling import guided_denoiser
 
@@ -71,14 +72,14 @@ def flops_per_image(cfg: Config, stage: str) -> float:
     m = cfg.model
     encoder = model_compute(m.img_size, m.patch, m.channels, m.enc_depth, m.enc_width,
                             mlp_ratio=m.mlp_ratio).forward_flops
-    rcm = compute_of(m, "pretrain").forward_flops  # encoder + projector (on the CLS vector only)
+    rcm = rcm_compute(m).forward_flops  # encoder + projector (on the CLS vector only)
     if stage == "pretrain":
         branch = rcm if cfg.pretrain.consistency_features == "projector" else encoder  # default LN(CLS): no g
         return (3 * branch  # consistency query h_θ(x0 + t_n'ε): forward + backward
                 + 1 * branch  # consistency target h_θ(x0 + t_{n+1}'ε): online net, no grad
                 + 2 * 3 * rcm  # contrastive queries g_θ(E_θ(y1)), g_θ(E_θ(y2)): forward + backward
                 + 2 * 1 * rcm)  # EMA-teacher keys for both views: forward only
-    generator = compute_of(m, "diffusion").forward_flops
+    generator = generator_compute(m).forward_flops
     if stage == "diffusion":
         return 3 * generator  # x̂0 = G(c_in·x_σ, …): forward + backward
     if stage == "sampling":
@@ -134,14 +135,54 @@ def peak_gemm(spec: dict) -> dict:
     return {"gemm": out}
 
 
-def _precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+class _Images(torch.utils.data.Dataset):
+    """Random uint8 images with labels, of the model's shape (what the step costs does not depend on content)."""
+
+    def __init__(self, cfg: Config, n: int):
+        m, g = cfg.model, torch.Generator().manual_seed(0)
+        self.channels, self.num_classes = m.channels, m.num_classes
+        self.images = torch.randint(0, 256, (n, m.channels, m.img_size, m.img_size), dtype=torch.uint8, generator=g)
+        self.labels = torch.randint(0, max(m.num_classes, 1), (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+def _trainer(spec: dict, models: dict, work: Path) -> Trainer:
+    """A real Trainer of the spec's run (consistency: --init a step-0 stage-1 checkpoint, for the frozen W)."""
+    over = {"train.device": spec["device"], "train.precision": spec["precision"], "train.global_batch": spec["batch"],
+            "train.steps": 10**6, "train.ckpt_every": 10**6, "train.log_every": 10**6, "train.knn_every": 0,
+            "train.sample_every": 0, "train.fid_every": 0, "data.workers": 0, "train.compile": spec["compile"]}
+    cfg = apply_overrides(model_config(spec["model"], spec["stage"], models), over)
+    data = _Images(cfg, 4 * spec["batch"])
+    if cfg.stage == "consistency":
+        w = Trainer(apply_overrides(model_config(spec["model"], "pretrain", models), over), work / "w", dataset=data)
+        w.save_checkpoint()
+        w.close()
+        cfg.train.init_from = str(work / "w")
+    return Trainer(cfg, work / "run", dataset=data)
+
+
+def _timed_adamw(opt: torch.optim.Optimizer, device: torch.device, seconds: list[float]) -> None:
+    """Record how long each optimizer step takes (the engine calls it through the loss scaler)."""
+    inner = opt.step
+
+    def step(*args, **kwargs):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = inner(*args, **kwargs)
+        _sync(device)
+        seconds.append(time.perf_counter() - t0)
+        return out
+
+    opt.step = step
 
 
 def measure_step(spec: dict) -> dict:
-    """Median time of one engine-like step of (model, stage) with the spec's switches; peak memory."""
+    """Median time of the product's step of (model, stage) with the spec's switches; peak memory."""
     device = torch.device(spec["device"])
     rss_import = _rss_mib()
     models = GPU_MODELS if device.type == "cuda" else CPU_MODELS
@@ -151,88 +192,68 @@ def measure_step(spec: dict) -> dict:
     if spec["attention"] in ("fused", "math"):
         nn_layers.CPU_ATTENTION = spec["attention"]
     torch.manual_seed(0)
-    if stage == "consistency":  # the auxiliary loss needs W, a stage-1 network (random weights cost the same)
-        objective = ConsistencyObjective(cfg, build_generator(m), build_rcm(m))
-    else:
-        objective = build_objective(cfg, device, verbose=False)
-    objective.to(device)
-    net = objective.net
-    if spec["compile"]:
-        net.compile()
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, m.channels, m.img_size, m.img_size), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, max(m.num_classes, 1), (batch,), generator=g)
-    images, labels = images.to(device), labels.to(device)
-    autocast = _precision(device, spec["precision"])
+    labels = torch.randint(0, max(m.num_classes, 1), (batch,), generator=g).to(device)
     step0 = cfg.optim.warmup_steps + 1  # past warm-up: gradient clipping on, as in steady-state training
+    adamw: list[float] = []
+    with tempfile.TemporaryDirectory() as work:
+        if stage == "sampling":
+            net = build_generator(m).to(device).eval()
+            if spec["compile"]:
+                net.compile()
+            denoiser = guided_denoiser(lambda x, s, y: x0_prediction(net, x, s, y, cfg.noise.sigma_data).float(),
+                                       cfg.sample.cfg_scale, m.num_classes, cfg.sigma_shift)
+            x = torch.randn(batch, m.channels, m.img_size, m.img_size, generator=g).to(device)
+            sigma = torch.full((batch,), SAMPLE_SIGMA * cfg.sigma_shift, device=device)
 
-    if stage == "sampling":
-        objective.eval()
-        shift = cfg.sigma_shift
-        denoiser = guided_denoiser(lambda x, s, y: x0_prediction(net, x, s, y, cfg.noise.sigma_data).float(),
-                                   cfg.sample.cfg_scale, m.num_classes, shift)
-        x = torch.randn(batch, m.channels, m.img_size, m.img_size, generator=g).to(device)
-        sigma = torch.full((batch,), SAMPLE_SIGMA * shift, device=device)
+            @torch.no_grad()
+            def step(k: int) -> None:
+                with autocast(device, spec["precision"]):
+                    denoiser(x, sigma, labels if m.num_classes else None)
+        else:
+            trainer = _trainer(spec, models, Path(work))
+            net, model = trainer.model.net, trainer.model
+            if spec["adamw"] != "fused":
+                model.opt = torch.optim.AdamW(param_groups(net, trainer.cfg), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                              eps=cfg.optim.eps, foreach=spec["adamw"] == "foreach")
+            _timed_adamw(model.opt, device, adamw)
+            batches = iter(trainer._loader())
 
-        @torch.no_grad()
-        def step(k: int) -> dict[str, float]:
-            with autocast:
-                denoiser(x, sigma, labels if m.num_classes else None)
-            return {}
-    else:
-        objective.train()
-        params = [p for p in net.parameters() if p.requires_grad]
-        kind = spec["adamw"]
-        opt = torch.optim.AdamW(params, lr=1e-5, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
-                                fused=True if kind == "fused" else None, foreach=kind == "foreach")
-        ema = [p.detach().clone().float() for p in params] if cfg.optim.ema > 0 else None
-
-        def step(k: int) -> dict[str, float]:
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            rng = SampleRNG(cfg.train.seed, step0 + k, torch.arange(batch) + (step0 + k) * batch, device)
-            with autocast:
-                loss, _ = objective(images, labels, rng, step0 + k)
-            loss.backward()
-            _sync(device)
-            t_fwd_bwd = time.perf_counter() - t0
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
-            _sync(device)
-            t_opt = time.perf_counter()
-            opt.step()
-            _sync(device)
-            t_adamw = time.perf_counter() - t_opt
-            if ema is not None:
-                ema_update(ema, params, cfg.optim.ema)
-            objective.after_optimizer_step(step0 + k)  # stage 1: the EMA teacher
-            return {"fwd_bwd_s": t_fwd_bwd, "adamw_s": t_adamw}
-
-    sdpa = (torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
-            if device.type == "cuda" and spec["attention"] == "flash" else contextlib.nullcontext())
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times, parts = [], []
-    with sdpa:
-        for k in range(spec["warmup"] + spec["reps"]):
-            _sync(device)
-            t0 = time.perf_counter()
-            part = step(k)
-            _sync(device)
-            if k >= spec["warmup"]:
-                times.append(time.perf_counter() - t0)
-                parts.append(part)
+            def step(k: int) -> None:
+                trainer.step = step0 + k
+                trainer.train_step([next(batches) for _ in range(trainer.batching.accum)])
+        times = _time(step, spec, device)
+        if stage != "sampling":
+            trainer.close()
     seconds = statistics.median(times)
     flops = flops_per_image(cfg, stage) * batch
     out = {"seconds": seconds, "times": [round(t, 4) for t in times], "images_per_s": batch / seconds,
            "gflop_per_image": flops / batch / 1e9, "achieved_gflops": flops / seconds / 1e9,
            "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "rss_import_mib": rss_import,
            "peak_rss_mib": _rss_mib()}
-    for key in parts[0] if parts else ():
-        out[key.replace("_s", "_seconds")] = statistics.median(p[key] for p in parts)
+    if adamw:
+        out["adamw_seconds"] = statistics.median(adamw[spec["warmup"]:])
+        out["fwd_bwd_seconds"] = statistics.median(t - a for t, a in zip(times, adamw[spec["warmup"]:]))
     if device.type == "cuda":
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+def _time(step, spec: dict, device: torch.device) -> list[float]:
+    sdpa = (torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+            if device.type == "cuda" and spec["attention"] == "flash" else contextlib.nullcontext())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    with sdpa:
+        for k in range(spec["warmup"] + spec["reps"]):
+            _sync(device)
+            t0 = time.perf_counter()
+            step(k)
+            _sync(device)
+            if k >= spec["warmup"]:
+                times.append(time.perf_counter() - t0)
+    return times
 
 
 def child_main(mode: str, spec: dict) -> None:

@@ -49,7 +49,7 @@ def main():
     result = trainer.fit()
     if a.dump:
         rank = os.environ.get("RANK", "0")
-        torch.save({k: v.clone() for k, v in trainer.net.state_dict().items()}, f"{a.dump}.rank{rank}")
+        torch.save({k: v.clone() for k, v in trainer.model.net.state_dict().items()}, f"{a.dump}.rank{rank}")
     print(f"done step={result.step} signal={result.stopped_by_signal}", flush=True)
     return 0
 

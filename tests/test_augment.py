@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from epg.engine.rng import SampleRNG
 from epg.objectives.augment import ViewSpec, augment_view, grey_jitter, random_erase, random_resized_crop_flip
+from epg.rng import SampleRNG
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pretrain import _images, tiny_cfg, tiny_objective  # noqa: E402

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epg.engine.rng import SampleRNG
-from epg.nn import build_generator, build_rcm
-from epg.objectives.consistency import ConsistencyObjective, consistency_function, pseudo_huber_term
+from epg.nn import build_generator, build_rcm, consistency_function
+from epg.objectives.consistency import ConsistencyObjective, pseudo_huber_term
 from epg.presets import get_preset
+from epg.rng import SampleRNG
 
 torch.set_num_threads(1)
 
@@ -345,12 +345,12 @@ def test_consistency_run_from_a_stage1_checkpoint_then_epg_sample(tmp_path, caps
     cfg = tiny_config("consistency", **{"train.steps": 3, "train.init_from": str(stage1.checkpoint),
                                         "model.dropout": 0.5})
     trainer = Trainer(cfg, tmp_path / "cm", dataset=Synthetic())
-    frozen = trainer.objective.frozen
+    frozen = trainer.model.objective.frozen
     assert frozen is not None and not frozen.training
     assert all(not p.requires_grad for p in frozen.parameters())
-    in_opt = {id(p) for g in trainer.opt.param_groups for p in g["params"]}
+    in_opt = {id(p) for g in trainer.model.opt.param_groups for p in g["params"]}
     assert not in_opt & {id(p) for p in frozen.parameters()}
-    for k, v in trainer.net.encoder.state_dict().items():  # the generator's encoder starts as the stage-1 encoder
+    for k, v in trainer.model.net.encoder.state_dict().items():  # the generator's encoder starts as the stage-1 encoder
         torch.testing.assert_close(v, w0[f"encoder.{k}"], rtol=0, atol=0)
     result = trainer.fit()
     assert result.step == 3

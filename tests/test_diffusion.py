@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from epg.engine.rng import SampleRNG
 from epg.objectives.diffusion import DiffusionObjective
 from epg.presets import get_preset
+from epg.rng import SampleRNG
 
 torch.set_num_threads(1)
 

@@ -157,8 +157,8 @@ def _tiny(**over):
 
 
 def test_hooks_fire_on_their_own_steps_say_so_and_a_resume_says_where_from(tmp_path, capsys):
-    from epg.engine.hooks import default_hooks
     from epg.engine.trainer import Trainer
+    from epg.evaluation import default_hooks
 
     cfg, data = _tiny(**{"train.steps": 30, "train.log_every": 10, "train.sample_every": 15, "train.ckpt_every": 15,
                          "sample.steps": 2})

@@ -35,8 +35,8 @@ def _train(run_dir, **over):
 def test_gradient_accumulation_equals_full_batch(tmp_path):
     full = _train(tmp_path / "full", **{"train.global_batch": 32, "train.steps": 3})
     accum = _train(tmp_path / "accum", **{"train.global_batch": 32, "train.micro_batch": 8, "train.steps": 3})
-    assert accum.accum == 4 and full.accum == 1
-    for (k, a), b in zip(full.net.state_dict().items(), accum.net.state_dict().values()):
+    assert accum.batching.accum == 4 and full.batching.accum == 1
+    for (k, a), b in zip(full.model.net.state_dict().items(), accum.model.net.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=k)
     assert _losses(tmp_path / "full") == pytest.approx(_losses(tmp_path / "accum"), rel=1e-5)
 
@@ -119,7 +119,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
 def test_non_finite_loss_stops_with_step_term_and_checkpoint(tmp_path):
     trainer = Trainer(tiny_config(**{"train.steps": 8, "train.ckpt_every": 2, "train.log_every": 4}), tmp_path,
                       dataset=Synthetic())
-    real = trainer.model
+    real = trainer.model.forward
 
     def poisoned(images, labels, rng, step):
         loss, terms = real(images, labels, rng, step)
@@ -128,7 +128,7 @@ def test_non_finite_loss_stops_with_step_term_and_checkpoint(tmp_path):
             loss = loss * float("nan")
         return loss, terms
 
-    trainer.model = poisoned
+    trainer.model.forward = poisoned
     with pytest.raises(NonFiniteLossError) as err:
         trainer.fit()
     msg = str(err.value)
@@ -139,15 +139,15 @@ def test_non_finite_loss_stops_with_step_term_and_checkpoint(tmp_path):
 def test_non_finite_skip_mode_skips_and_counts(tmp_path):
     trainer = Trainer(tiny_config(**{"train.steps": 4, "train.nonfinite": "skip", "train.log_every": 4}), tmp_path,
                       dataset=Synthetic())
-    real = trainer.model
+    real = trainer.model.forward
 
     def poisoned(images, labels, rng, step):
         loss, terms = real(images, labels, rng, step)
         return (loss * float("nan"), terms) if step == 1 else (loss, terms)
 
-    trainer.model = poisoned
+    trainer.model.forward = poisoned
     trainer.fit()
-    assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.model.net.parameters())
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["skipped_steps"] == 1.0
 
 
@@ -177,5 +177,5 @@ def test_fsdp_two_processes_match_one_process_and_resume(tmp_path):
 def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
     plain = _train(tmp_path / "plain", **{"train.steps": 2, "model.dropout": 0.3})
     ckpt = _train(tmp_path / "ckpt", **{"train.steps": 2, "model.dropout": 0.3, "train.activation_checkpointing": True})
-    for (k, a), b in zip(plain.net.state_dict().items(), ckpt.net.state_dict().values()):
+    for (k, a), b in zip(plain.model.net.state_dict().items(), ckpt.model.net.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=k)

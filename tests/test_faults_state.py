@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 
 from epg.config import ConfigError
 from epg.engine import checkpoint as ck
-from epg.engine.rundir import RunDirInUseError
+from epg.engine.resume import RunDirInUseError
 from epg.engine.runlog import read_log
 from epg.engine.trainer import NonFiniteLossError, Trainer
 from epg.presets import get_preset
@@ -64,13 +64,13 @@ class _NanGradient(torch.autograd.Function):
 
 
 def _poison_gradient_at(trainer, bad_step):
-    real = trainer.model
+    real = trainer.model.forward
 
     def model(images, labels, rng, step):
         loss, terms = real(images, labels, rng, step)
         return (_NanGradient.apply(loss) if step == bad_step else loss), terms
 
-    trainer.model = model
+    trainer.model.forward = model
 
 
 # ---------------------------------------------------------------- case 1: non-finite gradients
@@ -82,7 +82,7 @@ def test_case1_diverging_lr_never_reaches_a_checkpoint_and_a_sane_rerun_recovers
     _all_checkpoints_finite(run)
     assert Path(named) == ck.list_checkpoints(run / "checkpoints")[0][1]  # the newest kept one, and it is good
     trainer = _train(run, **{"optim.lr": 1e-4, "train.steps": 6, "train.ckpt_every": 1})
-    assert trainer.step == 6 and all(torch.isfinite(p).all() for p in trainer.net.parameters())
+    assert trainer.step == 6 and all(torch.isfinite(p).all() for p in trainer.model.net.parameters())
     _all_checkpoints_finite(run)
 
 
@@ -102,8 +102,8 @@ def test_case1_skip_mode_skips_the_update_itself(tmp_path):
     _poison_gradient_at(trainer, 2)
     seen = {}
 
-    def snapshot(t, step):
-        seen[step] = [p.detach().clone() for p in t.trained] + [e.clone() for e in t.ema]
+    def snapshot(run, step):
+        seen[step] = [p.detach().clone() for p in trainer.model.trained] + [e.clone() for e in trainer.model.ema]
         return {}
 
     trainer.fit([snapshot])
@@ -221,7 +221,7 @@ class _Crash(Exception):
 
 
 def _interrupt_at(trainer, bad_step, how):
-    real = trainer.model
+    real = trainer.model.forward
 
     def model(images, labels, rng, step):
         if step == bad_step:
@@ -230,7 +230,7 @@ def _interrupt_at(trainer, bad_step, how):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(images, labels, rng, step)
 
-    trainer.model = model
+    trainer.model.forward = model
 
 
 @pytest.mark.parametrize("how,bad_step", [("crash", 3), ("sigterm", 4)])

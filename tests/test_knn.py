@@ -8,10 +8,10 @@ import math
 import torch
 
 from epg.data import open_dataset
-from epg.engine.rng import SampleRNG
+from epg.engine.setup import build_objective
 from epg.metrics.knn import KnnProbe, encoder_features, knn_accuracy, pixel_features, probe_split
-from epg.objectives import build_objective
 from epg.presets import get_preset
+from epg.rng import SampleRNG
 
 torch.set_num_threads(1)
 

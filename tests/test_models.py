@@ -5,8 +5,9 @@ import torch
 
 from epg.config import ConfigError, config_from_dict
 from epg.engine import checkpoint as ck
-from epg.nn import build_generator, build_rcm, compute_of
+from epg.nn import build_generator, build_rcm
 from epg.presets import get_preset
+from epg.stages import stage_of
 
 # Exact counts of the authors' networks at each preset's configuration (decoder qkv without bias included).
 PAPER_PARAMS = {
@@ -53,7 +54,7 @@ def test_projector_768_option():
                                              ("epg-l-32-in512", 114, 2)])
 def test_paper_gflops(name, gflops, tol):
     cfg = get_preset(name)
-    assert abs(compute_of(cfg.model, cfg.stage).paper_gflops - gflops) <= tol
+    assert abs(stage_of(cfg).compute(cfg.model).paper_gflops - gflops) <= tol
 
 
 def test_xxl_gflops_split():

@@ -10,17 +10,19 @@ import textwrap
 
 import pytest
 
+from epg.engine.model import TrainedModel
 from epg.engine.trainer import Trainer
+from epg.nn import denoiser
 from epg.objectives import augment, consistency, diffusion, pretrain
 
 FORBIDDEN_METHODS = {"item", "tolist", "numpy", "cpu", "synchronize"}
 FORBIDDEN_BUILTINS = {"float", "bool"}
 
-HOT = [Trainer._train_step, Trainer._apply_update, pretrain.info_nce, pretrain.PretrainObjective.forward,
-       pretrain.PretrainObjective.grid_pair, pretrain.PretrainObjective.after_optimizer_step,
-       diffusion.DiffusionObjective.forward, diffusion.x0_prediction, consistency.ConsistencyObjective.forward,
-       consistency.consistency_function, augment.augment_view, augment.gaussian_blur,
-       augment.random_resized_crop_flip, augment.color_jitter]
+HOT = [Trainer.train_step, TrainedModel.grad_norm, TrainedModel.update, pretrain.info_nce,
+       pretrain.PretrainObjective.forward, pretrain.PretrainObjective.grid_pair,
+       pretrain.PretrainObjective.after_optimizer_step, diffusion.DiffusionObjective.forward, denoiser.x0_prediction,
+       denoiser.encode, consistency.ConsistencyObjective.forward, denoiser.consistency_function,
+       augment.augment_view, augment.gaussian_blur, augment.random_resized_crop_flip, augment.color_jitter]
 
 
 def _violations(fn) -> list[str]:

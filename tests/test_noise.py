@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from epg import noise
+from epg.config import resolution_shift
+from epg.nn.denoiser import timestep_embedding
 
 
 def test_karras_grid_endpoints_and_monotone():
@@ -81,7 +83,7 @@ def test_c_in_c_noise():
 
 def test_sinusoid_cos_then_sin():
     t = torch.tensor([0.0, 3.0])
-    e = noise.timestep_embedding(t, 8)
+    e = timestep_embedding(t, 8)
     freqs = [10000 ** (-i / 4) for i in range(4)]
     assert e[1, :4].tolist() == pytest.approx([math.cos(3 * f) for f in freqs], abs=1e-6)
     assert e[1, 4:].tolist() == pytest.approx([math.sin(3 * f) for f in freqs], abs=1e-6)
@@ -89,9 +91,9 @@ def test_sinusoid_cos_then_sin():
 
 
 def test_resolution_shift():
-    assert noise.resolution_shift(256) == 4.0
-    assert noise.resolution_shift(512) == 8.0
-    assert noise.resolution_shift(32) == 0.5
+    assert resolution_shift(256) == 4.0
+    assert resolution_shift(512) == 8.0
+    assert resolution_shift(32) == 0.5
 
 
 def test_ect_r_of_t_by_hand():

@@ -104,13 +104,13 @@ def test_imported_runs_resume_training_and_initialise_finetuning(tmp_path):
                 "train.steps": "1", "train.init_from": str(tmp_path / "rcm0")}
     gen = Trainer(get_preset("fmnist-tiny", "diffusion", gen_over), tmp_path / "ft", dataset=RGB())
     imported = ck.read_tensors(tmp_path / "rcm0" / "checkpoints" / "step-00000000", "model")
-    assert torch.equal(gen.net.encoder.pos_embed.detach(), imported["encoder.pos_embed"])
+    assert torch.equal(gen.model.net.encoder.pos_embed.detach(), imported["encoder.pos_embed"])
     # an imported generator resumes diffusion training with its EMA
     _import("epg-tiny", tmp_path / "gen")
     cfg = get_preset("fmnist-tiny", "diffusion", {**_overrides("epg-tiny"), **train, "train.steps": "2"})
     trainer = Trainer(cfg, tmp_path / "gen", dataset=RGB())
     ema = load_file(tmp_path / "gen" / "checkpoints" / "step-00000000" / "ema.safetensors")
-    assert trainer.step == 0 and torch.equal(trainer.ema[0], ema[trainer.trained_names[0]])
+    assert trainer.step == 0 and torch.equal(trainer.model.ema[0], ema[trainer.model.trained_names[0]])
     assert trainer.fit().step == 2
 
 

@@ -12,10 +12,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from epg.engine.rng import SampleRNG
 from epg.nn.layers import GlobalBatchNorm1d
 from epg.objectives.pretrain import PretrainObjective, consistency_tau, info_nce, tau2_at
 from epg.presets import get_preset
+from epg.rng import SampleRNG
 
 torch.set_num_threads(1)
 
@@ -28,7 +28,7 @@ def tiny_cfg(**extra):
 
 
 def tiny_objective(**extra) -> PretrainObjective:
-    from epg.objectives import build_objective
+    from epg.engine.setup import build_objective
 
     torch.manual_seed(0)
     return build_objective(tiny_cfg(**extra), verbose=False)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from epg.noise import NoiseConfig, karras_sigmas
+from epg.config import NoiseSettings
+from epg.noise import karras_sigmas
 from epg.sampling import (
     SAMPLER_NOISE_STREAM,
     balanced_labels,
@@ -75,7 +76,7 @@ def z():
 # ---------------------------------------------------------------------------------------------- grids
 
 def test_sampling_sigmas_edm_and_official():
-    noise = NoiseConfig()
+    noise = NoiseSettings()
     edm, official = sampling_sigmas(32, noise, "edm"), sampling_sigmas(32, noise, "official")
     assert len(edm) == 33 and edm[-1] == 0.0 and torch.equal(edm[:-1], official)
     assert official[0].item() == pytest.approx(80.0) and official[-1].item() == pytest.approx(0.002)
@@ -92,7 +93,7 @@ def test_guidance_interval_is_half_open():
 
 @pytest.mark.parametrize("grid", ["official", "edm"])
 def test_heun_many_steps_reaches_exact_ode_solution(z, grid):
-    sigmas = sampling_sigmas(256, NoiseConfig(), grid)
+    sigmas = sampling_sigmas(256, NoiseSettings(), grid)
     x_T = 80.0 * z
     result = heun_sample(gaussian_denoiser, x_T, sigmas)
     exact = ode_solution(x_T.double(), 80.0, sigmas[-1].item())
@@ -119,7 +120,7 @@ def test_heun_is_second_order(z):
 
 
 def test_nfe_of_plain_samplers(z):
-    sigmas = sampling_sigmas(32, NoiseConfig())
+    sigmas = sampling_sigmas(32, NoiseSettings())
     assert heun_sample(gaussian_denoiser, 80 * z, sigmas).nfe == 63
     assert heun_sample(gaussian_denoiser, 80 * z, sigmas[:-1]).nfe == 62
     assert euler_sample(gaussian_denoiser, 80 * z, sigmas).nfe == 32
@@ -132,7 +133,7 @@ def test_clamp_applies_to_every_x0_prediction(z):
         seen.append(x0.dtype)
         return x0.clamp(-0.1, 0.1)
 
-    result = heun_sample(gaussian_denoiser, 80 * z, sampling_sigmas(32, NoiseConfig()), clamp=clamp)
+    result = heun_sample(gaussian_denoiser, 80 * z, sampling_sigmas(32, NoiseSettings()), clamp=clamp)
     assert len(seen) == result.nfe and set(seen) == {torch.float32}
     # The last step is Euler to σ = 0, whose result is the clamped x̂0 itself.
     assert result.x.abs().max().item() <= 0.1 + 1e-6
@@ -149,12 +150,12 @@ def test_loops_run_in_fp32_with_a_low_precision_model(z):
         seen.append(x0.dtype)
         return x0
 
-    result = heun_sample(bf16_model, 80 * z.double(), sampling_sigmas(8, NoiseConfig()), clamp=clamp)
+    result = heun_sample(bf16_model, 80 * z.double(), sampling_sigmas(8, NoiseSettings()), clamp=clamp)
     assert result.x.dtype == torch.float32 and set(seen) == {torch.float32}
 
 
 def test_stochastic_without_churn_is_heun(z):
-    sigmas = sampling_sigmas(16, NoiseConfig())
+    sigmas = sampling_sigmas(16, NoiseSettings())
     heun = heun_sample(gaussian_denoiser, 80 * z, sigmas)
     sde = stochastic_sample(gaussian_denoiser, 80 * z, sigmas, generator=torch.Generator().manual_seed(0))
     assert torch.equal(heun.x, sde.x) and heun.nfe == sde.nfe
@@ -181,7 +182,7 @@ def test_stochastic_churn_step_matches_edm_formula():
 
 def test_stochastic_per_sample_generators_split_invariant():
     z8 = initial_noise(8, (1, 4, 4), seed=3)
-    sigmas = sampling_sigmas(8, NoiseConfig())
+    sigmas = sampling_sigmas(8, NoiseSettings())
 
     def run(idx):
         return stochastic_sample(gaussian_denoiser, 80 * z8[idx], sigmas, s_churn=10.0,
@@ -193,7 +194,7 @@ def test_stochastic_per_sample_generators_split_invariant():
 # ------------------------------------------------------------------------------------------------- CFG
 
 def _cfg_run(grid, shift, scale=2.5):
-    noise = NoiseConfig(shift=shift)
+    noise = NoiseSettings(shift=shift)
     sigmas = sampling_sigmas(32, noise, grid) * shift
     model = Recorder(class_denoiser)
     labels = torch.tensor([1, 7])
@@ -229,7 +230,7 @@ def test_resolution_shift_reaches_the_network():
 def test_scale_one_is_plain_conditional_sampling(scale):
     guided, model = _cfg_run("edm", 4.0, scale=scale)
     strong, _ = _cfg_run("edm", 4.0, scale=2.5)
-    sigmas = sampling_sigmas(32, NoiseConfig(shift=4.0)) * 4.0
+    sigmas = sampling_sigmas(32, NoiseSettings(shift=4.0)) * 4.0
     z = initial_noise(2, (1, 4, 4), seed=1)
     cond = heun_sample(class_denoiser, sigmas[0].item() * z, sigmas, labels=torch.tensor([1, 7]))
     assert torch.equal(guided.x, cond.x) and guided.nfe == cond.nfe == 63
@@ -259,8 +260,8 @@ def _gaussian_consistency(sigma_min):
 
 
 def test_one_step_consistency_moments():
-    noise = NoiseConfig(shift=4.0)
-    sigmas = consistency_sigmas(noise)
+    noise = NoiseSettings(shift=4.0)
+    sigmas = consistency_sigmas(noise, noise.shift)
     sigma_min = noise.sigma_min * noise.shift
     z = initial_noise(4096, (1, 4, 4), seed=0)
     result = consistency_sample(_gaussian_consistency(sigma_min), z, sigmas, sigma_min)
@@ -282,7 +283,7 @@ def test_multistep_consistency_renoises_to_sigma_mid():
 
 
 def test_consistency_sigmas_are_shifted():
-    assert consistency_sigmas(NoiseConfig(shift=4.0), [0.8]) == [320.0, 3.2]
+    assert consistency_sigmas(NoiseSettings(shift=4.0), 4.0, [0.8]) == [320.0, 3.2]
 
 
 # ---------------------------------------------------------------------------------------- labels, seeds

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from epg.engine.hooks import default_hooks
 from epg.engine.trainer import Trainer
+from epg.evaluation import default_hooks
 from epg.metrics.knn import KnnProbe
 
 sys.path.insert(0, str(Path(__file__).parent))

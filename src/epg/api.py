@@ -21,6 +21,7 @@ from epg.config import Config, ConfigError, apply_overrides
 from epg.engine.checkpoint import load_network
 from epg.generate import generate
 from epg.metrics.knn import encoder_features
+from epg.stages import require_generator
 
 
 def _as_nchw(images: Any) -> torch.Tensor:
@@ -55,8 +56,7 @@ class Pipeline:
 
         Image i depends only on (seed, i), as in `epg sample`; unset sampler options keep the model's defaults.
         """
-        if self.cfg.stage == "pretrain":
-            raise ConfigError(f"{self.checkpoint} is a stage-1 network: it has no decoder to sample with")
+        require_generator(self.cfg, self.checkpoint)
         overrides = {k: v for k, v in (("sample.steps", steps), ("sample.cfg_scale", cfg_scale),
                                        ("sample.sampler", sampler), ("sample.cm_sigmas", cm_sigmas)) if v is not None}
         cfg = apply_overrides(copy.deepcopy(self.cfg), overrides)

@@ -6,29 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from epg.config import STAGES, ConfigError, all_keys
-from epg.presets import PRESETS, get_preset
-
-
-def parse_overrides(rest: list[str]) -> dict[str, str]:
-    """`--optim.lr 3e-4 --steps=100` → {"optim.lr": "3e-4", "steps": "100"}."""
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(rest):
-        tok = rest[i]
-        if not tok.startswith("--"):
-            raise ConfigError(f"unexpected argument {tok!r}: overrides look like --key value")
-        key = tok[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-        else:
-            if i + 1 >= len(rest):
-                raise ConfigError(f"--{key} needs a value")
-            i += 1
-            value = rest[i]
-        out[key] = value
-        i += 1
-    return out
+from epg.config import STAGES, ConfigError, all_keys, parse_overrides
 
 
 def _train_config(args: argparse.Namespace, rest: list[str], stage: str):
@@ -37,12 +15,14 @@ def _train_config(args: argparse.Namespace, rest: list[str], stage: str):
         overrides["data.source"] = args.data
     if getattr(args, "init", None):
         overrides["train.init_from"] = args.init
+    from epg.presets import get_preset
+
     return get_preset(args.preset, stage, overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from epg.engine.hooks import default_hooks
     from epg.engine.trainer import Trainer
+    from epg.evaluation import default_hooks
 
     stage = "pretrain" if args.command == "pretrain" else args.objective
     cfg = _train_config(args, args.rest, stage)
@@ -57,16 +37,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     import torch
 
-    from epg.nn import build_generator, build_rcm, compute_of
+    from epg.presets import PRESETS, get_preset
+    from epg.stages import stage_of
 
     print(f"{'preset':<18} {'stage':<12} {'res':>4} {'tokens':>6} {'params':>10} {'GFLOPs':>8}")
     for name in PRESETS:
         cfg = get_preset(name)
+        stage = stage_of(cfg)
         with torch.device("meta"):
-            net = build_rcm(cfg.model) if cfg.stage == "pretrain" else build_generator(cfg.model)
+            net = stage.network(cfg.model)
         params = sum(p.numel() for p in net.parameters()) / 1e6
         tokens = (cfg.model.img_size // cfg.model.patch) ** 2 + 2
-        gflops = compute_of(cfg.model, cfg.stage).paper_gflops
+        gflops = stage.compute(cfg.model).paper_gflops
         print(f"{name:<18} {cfg.stage:<12} {cfg.model.img_size:>4} {tokens:>6} {params:>9.1f}M {gflops:>8.1f}")
     return 0
 
@@ -76,6 +58,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     if args.stage is not None and args.stage not in STAGES:
         raise ConfigError(f"--stage {args.stage!r} is not one of {', '.join(STAGES)}")
+    from epg.presets import get_preset
+
     cfg = get_preset(args.preset, args.stage, parse_overrides(args.rest))
     rows = [(f"{key} = {value!r}", HELP.get(key, "")) for key, value in all_keys(cfg).items()]
     width = max(len(r[0]) for r in rows)
@@ -87,7 +71,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from epg.data import DataError
     from epg.engine.checkpoint import CheckpointError
-    from epg.engine.rundir import RunDirInUseError
+    from epg.engine.resume import RunDirInUseError
     from epg.engine.trainer import NonFiniteLossError
     from epg.metrics import MetricsError
 
@@ -116,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--init", help="stage-1 checkpoint (or run dir); omit for a random encoder")
         p.set_defaults(func=cmd_train)
     from epg.data.cli import add_parser as add_prepare
-    from epg.engine.plot import add_parser as add_plot
     from epg.generate_cli import add_parser as add_sample
     from epg.metrics.cli import add_parser as add_evaluate
+    from epg.plot import add_parser as add_plot
 
     for add in (add_sample, add_evaluate, add_prepare, add_plot):
         add(sub)

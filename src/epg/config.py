@@ -15,6 +15,11 @@ ALIASES = {"steps": "train.steps", "batch": "train.global_batch", "seed": "train
 IDENTITY = ("stage", "model", "noise")
 
 
+def resolution_shift(img_size: int) -> float:
+    """Default resolution shift s = H/64 (METHOD.md §1)."""
+    return img_size / 64.0
+
+
 class ConfigError(ValueError):
     """A user-facing configuration problem (unknown key, bad value)."""
 
@@ -154,6 +159,10 @@ class SampleConfig:
     interval_lo: float = 0.19
     interval_hi: float = 1.61
     cm_sigmas: tuple[float, ...] = ()  # intermediate (unshifted) σ for multistep consistency sampling
+    churn: float = 40.0  # the stochastic sampler's S_churn, S_tmin, S_tmax (unshifted) and S_noise (EDM Alg. 2)
+    churn_tmin: float = 0.05
+    churn_tmax: float = 50.0
+    churn_noise: float = 1.003
     labels: str = "balanced"  # balanced | frequency
     seed: int = 0
     use_ema: bool = True
@@ -176,7 +185,7 @@ class Config:
     @property
     def sigma_shift(self) -> float:
         """The resolution shift s (METHOD.md §1)."""
-        return self.noise.shift or self.model.img_size / 64.0
+        return self.noise.shift or resolution_shift(self.model.img_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,6 +227,27 @@ def _parse_value(text: Any, current: Any, key: str) -> Any:
     except ValueError:
         raise ConfigError(f"{key}: cannot read {text!r} as {type(current).__name__}") from None
     return text
+
+
+def parse_overrides(rest: list[str]) -> dict[str, str]:
+    """`--optim.lr 3e-4 --steps=100` → {"optim.lr": "3e-4", "steps": "100"}."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"unexpected argument {tok!r}: overrides look like --key value")
+        key = tok[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            if i + 1 >= len(rest):
+                raise ConfigError(f"--{key} needs a value")
+            i += 1
+            value = rest[i]
+        out[key] = value
+        i += 1
+    return out
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from epg.engine.checkpoint import load_network
-from epg.engine.hooks import eval_reference
-from epg.engine.plot import plot_run
 from epg.engine.runlog import class_rows, save_image_grid
 from epg.engine.trainer import Trainer
+from epg.evaluation import eval_reference
 from epg.generate import generate
 from epg.metrics.knn import knn_report
+from epg.plot import plot_run
 from epg.presets import get_preset
 
 # (pretrain steps, finetune steps, FID samples); sized for ~16 min (full, measured 16.1) and ~3 min (quick) on 2 cores.
@@ -46,7 +46,7 @@ def run_demo(run_dir: str | Path, quick: bool = False, preset: str = "fmnist-tin
                                           "train.log_every": max(ft_steps // 30, 1),
                                           "train.sample_every": ft_steps // 2 if not quick else 0})
     print(f"epg demo: 2/4 fine-tuning encoder + decoder as a diffusion model ({ft_steps} steps)")
-    from epg.engine.hooks import default_hooks
+    from epg.evaluation import default_hooks
 
     ft_result = Trainer(ft, run_dir / "diffusion").fit(default_hooks(ft))
     timings["finetune_s"] = time.perf_counter() - t1

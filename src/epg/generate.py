@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from epg.config import Config
-from epg.noise import NoiseConfig
-from epg.objectives.consistency import consistency_function
-from epg.objectives.diffusion import x0_prediction
+from epg.nn import autocast, consistency_function, x0_prediction
 from epg.pixels import clamp_in_pixel_space, to_uint8
 from epg.sampling import (
     SAMPLER_NOISE_STREAM,
+    SampleResult,
     balanced_labels,
     consistency_sample,
     consistency_sigmas,
@@ -30,10 +29,42 @@ from epg.sampling import (
 )
 
 
-def noise_config(cfg: Config) -> NoiseConfig:
-    """The config's noise family with its resolution shift filled in."""
-    n = cfg.noise
-    return NoiseConfig(n.sigma_min, n.sigma_max, n.rho, n.sigma_data, cfg.sigma_shift)
+# What a sampler needs besides the noise z and the labels: the settings, the model as x0 / CM function, …
+class _Run(NamedTuple):
+    cfg: Config
+    x0_model: Callable
+    cm_model: Callable
+    clamp: Callable
+    generators: list
+
+
+def _ode(step: Callable) -> Callable[[_Run, torch.Tensor, torch.Tensor | None], SampleResult]:
+    """An ODE/SDE sampler on the EDM grid with interval CFG (METHOD.md §6)."""
+    def run(r: _Run, z: torch.Tensor, y: torch.Tensor | None) -> SampleResult:
+        s, shift, classes = r.cfg.sample, r.cfg.sigma_shift, r.cfg.model.num_classes
+        sigmas = sampling_sigmas(s.steps, r.cfg.noise, s.grid) * shift
+        denoiser = guided_denoiser(r.x0_model, s.cfg_scale if classes > 0 else None, classes, shift,
+                                   (s.interval_lo, s.interval_hi))
+        return step(denoiser, sigmas[0].item() * z, sigmas, y, r)
+    return run
+
+
+def _consistency(r: _Run, z: torch.Tensor, y: torch.Tensor | None) -> SampleResult:
+    shift = r.cfg.sigma_shift
+    return consistency_sample(r.cm_model, z, consistency_sigmas(r.cfg.noise, shift, r.cfg.sample.cm_sigmas),
+                              r.cfg.noise.sigma_min * shift, labels=y, clamp=r.clamp, generator=r.generators)
+
+
+# sample.sampler → sampler; every constant is a sample.* config field.
+SAMPLERS: dict[str, Callable[[_Run, torch.Tensor, torch.Tensor | None], SampleResult]] = {
+    "heun": _ode(lambda d, x, sig, y, r: heun_sample(d, x, sig, labels=y, clamp=r.clamp)),
+    "euler": _ode(lambda d, x, sig, y, r: euler_sample(d, x, sig, labels=y, clamp=r.clamp)),
+    "stochastic": _ode(lambda d, x, sig, y, r: stochastic_sample(
+        d, x, sig, labels=y, clamp=r.clamp, s_churn=r.cfg.sample.churn, s_tmin=r.cfg.sample.churn_tmin,
+        s_tmax=r.cfg.sample.churn_tmax, s_noise=r.cfg.sample.churn_noise, shift=r.cfg.sigma_shift,
+        generator=r.generators)),
+    "consistency": _consistency,
+}
 
 
 def evaluation_labels(cfg: Config, num: int, seed: int, class_counts: Sequence[int] | None = None,
@@ -45,17 +76,6 @@ def evaluation_labels(cfg: Config, num: int, seed: int, class_counts: Sequence[i
     if cfg.sample.labels == "frequency":
         return frequency_labels(num, class_counts if class_counts is not None else [1] * k, seed)
     return balanced_labels(num, k, seed)
-
-
-class _Precision:
-    def __init__(self, device: torch.device, precision: str):
-        self.device, self.precision = device, precision
-
-    def __call__(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -70,11 +90,10 @@ def generate(net: nn.Module, cfg: Config, indices: Sequence[int], num_total: int
     against 199.36 in fp32 in 0.43× the time (benchmarks/results/sampling_precision.md); "fp32" is exact.
     """
     device = next(net.parameters()).device
-    m, s, noise = cfg.model, cfg.sample, noise_config(cfg)
+    m, sigma_data = cfg.model, cfg.noise.sigma_data
     if labels is None:
         labels = evaluation_labels(cfg, num_total, seed)
-    autocast = _Precision(device, precision)
-    sigma_min_s = noise.sigma_min * noise.shift
+    sigma_min_s = cfg.noise.sigma_min * cfg.sigma_shift
 
     indices = list(indices)
     batches = -(-len(indices) // batch_size)
@@ -82,13 +101,13 @@ def generate(net: nn.Module, cfg: Config, indices: Sequence[int], num_total: int
 
     def x0_model(x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         bar.update()
-        with autocast():
-            return x0_prediction(net, x, sigma, y, noise.sigma_data).float()
+        with autocast(device, precision):
+            return x0_prediction(net, x, sigma, y, sigma_data).float()
 
     def cm_model(x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         bar.update()
-        with autocast():
-            return consistency_function(net, x, sigma, y, sigma_min_s, noise.sigma_data).float()
+        with autocast(device, precision):
+            return consistency_function(net, x, sigma, y, sigma_min_s, sigma_data).float()
 
     def clamp(x: torch.Tensor) -> torch.Tensor:
         return clamp_in_pixel_space(x, cfg.noise.normalization)
@@ -98,23 +117,8 @@ def generate(net: nn.Module, cfg: Config, indices: Sequence[int], num_total: int
         idx = indices[start:start + batch_size]
         z = initial_noise(num_total, (m.channels, m.img_size, m.img_size), seed, idx).to(device)
         y = labels[idx].to(device) if labels is not None else None
-        extra = noise_generators(seed, idx, stream=SAMPLER_NOISE_STREAM)
-        if s.sampler == "consistency":
-            result = consistency_sample(cm_model, z, consistency_sigmas(noise, s.cm_sigmas), sigma_min_s,
-                                        labels=y, clamp=clamp, generator=extra)
-        else:
-            sigmas = sampling_sigmas(s.steps, noise, s.grid) * noise.shift
-            scale = s.cfg_scale if m.num_classes > 0 else None
-            denoiser = guided_denoiser(x0_model, scale, m.num_classes, noise.shift, (s.interval_lo, s.interval_hi))
-            x_T = sigmas[0].item() * z
-            if s.sampler == "heun":
-                result = heun_sample(denoiser, x_T, sigmas, labels=y, clamp=clamp)
-            elif s.sampler == "euler":
-                result = euler_sample(denoiser, x_T, sigmas, labels=y, clamp=clamp)
-            else:
-                result = stochastic_sample(denoiser, x_T, sigmas, labels=y, clamp=clamp, s_churn=40.0,
-                                           s_tmin=0.05, s_tmax=50.0, s_noise=1.003, shift=noise.shift,
-                                           generator=extra)
+        run = _Run(cfg, x0_model, cm_model, clamp, noise_generators(seed, idx, stream=SAMPLER_NOISE_STREAM))
+        result = SAMPLERS[cfg.sample.sampler](run, z, y)
         out.append(to_uint8(result.x, cfg.noise.normalization).cpu())
         if y is not None:
             out_labels.append(y.cpu())

@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 
 from epg.atomic import atomic_write
-from epg.config import ConfigError, apply_overrides
+from epg.config import ConfigError, apply_overrides, parse_overrides
+from epg.dist import barrier
 from epg.engine.checkpoint import load_network
-from epg.engine.distributed import barrier, init_distributed
 from epg.engine.runlog import grid_order, save_image_grid
+from epg.engine.setup import init_distributed
 from epg.generate import generate
+from epg.stages import require_generator
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,15 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Sampler settings come from the checkpoint's config; `--sample.cfg_scale 2.5` etc. override them."""
-    from epg.cli import parse_overrides
-
     for flag, value in (("--num-images", args.num), ("--batch-size", args.batch_size)):
         if value <= 0:
             raise ConfigError(f"{flag} must be a positive integer, got {value}")
     env = init_distributed(args.device)
     net, cfg, ckpt = load_network(args.checkpoint, prefer_ema=not args.no_ema, device=env.device)
-    if cfg.stage == "pretrain":
-        raise ConfigError(f"{ckpt} is a stage-1 (pretrain) checkpoint: it has no decoder to sample with")
+    require_generator(cfg, ckpt)
     overrides = {k if k.startswith("sample.") else f"sample.{k}": v for k, v in parse_overrides(args.rest).items()}
     cfg = apply_overrides(cfg, overrides)  # an unknown sample.* key gets the usual suggestion
     out = Path(args.out)

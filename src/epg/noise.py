@@ -1,14 +1,13 @@
 """Every noise formula of METHOD.md §1 (plus the σ samplers of §4 and §5), each in one function.
 
 Conventions: σ values handed to these functions are *unshifted* unless the name says otherwise; the
-resolution shift ``s`` is applied by :func:`shift` right before a σ reaches the network or the forward
-process (METHOD.md §1).
+resolution shift s (`epg.config.resolution_shift`, H/64 by default) multiplies a σ right before it reaches
+the network or the forward process (METHOD.md §1).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -18,30 +17,11 @@ RHO = 7.0
 SIGMA_DATA = 0.5
 
 
-@dataclass(frozen=True)
-class NoiseConfig:
-    """The VE/EDM noise family shared by every stage (METHOD.md §1)."""
-
-    sigma_min: float = SIGMA_MIN
-    sigma_max: float = SIGMA_MAX
-    rho: float = RHO
-    sigma_data: float = SIGMA_DATA
-    shift: float = 1.0  # resolution shift s = H/64, filled in from the image size by the presets
-
-
-def resolution_shift(img_size: int) -> float:
-    """Default resolution shift s = H/64 (METHOD.md §1)."""
-    return img_size / 64.0
-
-
-def shift(sigma: torch.Tensor | float, s: float) -> torch.Tensor | float:
-    """σ' = s·σ: the σ that reaches the network and the forward process (METHOD.md §1)."""
-    return sigma * s
-
-
-def add_noise(x0: torch.Tensor, sigma_shifted: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Forward process x_σ = x0 + σ'·ε with a per-sample σ' (METHOD.md §1)."""
-    return x0 + _per_sample(sigma_shifted, x0) * eps
+def add_noise(x0: torch.Tensor, sigma_shifted: torch.Tensor | float, eps: torch.Tensor) -> torch.Tensor:
+    """Forward process x_σ = x0 + σ'·ε with one σ' or one per sample (METHOD.md §1)."""
+    if isinstance(sigma_shifted, torch.Tensor):
+        sigma_shifted = _per_sample(sigma_shifted, x0)
+    return x0 + sigma_shifted * eps
 
 
 def c_in(sigma_shifted: torch.Tensor, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
@@ -62,17 +42,6 @@ def c_skip(sigma_shifted: torch.Tensor, sigma_min_shifted: float, sigma_data: fl
 def c_out(sigma_shifted: torch.Tensor, sigma_min_shifted: float, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
     """CM output scale (σ' − σ'_min)·σ_d/sqrt(σ'² + σ_d²); equals 0 at σ'_min (METHOD.md §1)."""
     return (sigma_shifted - sigma_min_shifted) * sigma_data / torch.sqrt(sigma_shifted**2 + sigma_data**2)
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoid of c_noise, cos half then sin half, max period 1e4 (METHOD.md §1); computed in fp32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 def karras_sigma_at(i: torch.Tensor | float, n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
@@ -141,6 +110,14 @@ def ect_r_of_t(t: torch.Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: f
     """ECT r = max(t·(1 − q^−stage·(1 + k·sigmoid(−b·t))), 0.002), unshifted (METHOD.md §5)."""
     ratio = 1.0 - q ** (-stage) * (1.0 + k * torch.sigmoid(-b * t))
     return torch.clamp(t * ratio, min=sigma_min)
+
+
+def ect_weight(t_shifted: torch.Tensor, r_shifted: torch.Tensor, kind: str = "ect") -> torch.Tensor:
+    """CM loss weight where t' > r' (0 elsewhere): 1/(t' − r') for "ect" (METHOD.md §5), 1 for "uniform"."""
+    gap = t_shifted > r_shifted
+    if kind == "ect":
+        return torch.where(gap, 1.0 / (t_shifted - r_shifted).clamp_min(1e-12), torch.zeros_like(t_shifted))
+    return gap.float()
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import difflib
 from collections.abc import Callable
 
 from epg.config import ALIASES, Config, ConfigError, ModelConfig, OptimConfig, apply_overrides
+from epg.stages import stage_of
 
 # (stage, steps) → config; `steps` (None = the preset's own) sets the run length, and every field derived from it
 # (warm-up, lr milestones, ECT stage length, checkpoint/log/probe intervals) follows unless set explicitly.
@@ -20,16 +21,24 @@ def _in(res: int, patch: int, **model) -> ModelConfig:
 
 
 def _paper_common(cfg: Config) -> Config:
-    cfg.data.source = "imagenet"  # a packed dir made by `epg prepare`; set with --data
-    cfg.data.workers = 8
-    cfg.noise.normalization = "imagenet"
-    cfg.train.seed = 1234
-    cfg.train.ckpt_every = 10_000
-    cfg.train.log_every = 100
-    cfg.train.sample_every = 50_000
-    cfg.train.fid_every = 0
-    cfg.train.fid_num = 10_000
-    return cfg
+    # data.source: a packed dir made by `epg prepare`; set with --data
+    return apply_overrides(cfg, {"data.source": "imagenet", "data.workers": 8, "noise.normalization": "imagenet",
+                                 "train.seed": 1234, "train.ckpt_every": 10_000, "train.log_every": 100,
+                                 "train.sample_every": 50_000, "train.fid_every": 0, "train.fid_num": 10_000})
+
+
+# stage → (optimiser, steps, what else the stage sets); every stage trains at batch 1024.
+PAPER_RECIPES: dict[str, tuple[OptimConfig, int, dict]] = {
+    "pretrain": (OptimConfig(lr=2e-4, betas=(0.9, 0.95), weight_decay=0.03, wd_exclude="none", warmup_steps=10_000,
+                             schedule="cosine", grad_clip=0.0, ema=0.0), 600_000, {}),
+    "diffusion": (OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01, wd_exclude="pos_cls",
+                              warmup_steps=10_000, schedule="cosine", grad_clip=0.5, ema=0.9999), 1_000_000,
+                  {"model.dropout": 0.0, "sample.cfg_scale": 2.5}),
+    "consistency": (OptimConfig(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.03, wd_exclude="pos_cls",
+                                warmup_steps=10_000, schedule="steps", milestones=(400_000, 500_000),
+                                factors=(0.3, 0.08), grad_clip=0.0, ema=0.9999), 1_000_000,
+                    {"model.dropout": 0.5, "sample.cfg_scale": 1.0}),
+}
 
 
 def apply_stage_recipe(cfg: Config, stage: str, steps: int | None = None) -> Config:
@@ -39,24 +48,11 @@ def apply_stage_recipe(cfg: Config, stage: str, steps: int | None = None) -> Con
     stage length stay at the paper's fractions of the run (40 %, 50 %, 10 %), the 10k-step warm-up and the
     checkpoint/sample intervals are capped at a tenth of it.
     """
-    cfg.stage = stage
-    if stage == "pretrain":
-        cfg.optim = OptimConfig(lr=2e-4, betas=(0.9, 0.95), weight_decay=0.03, wd_exclude="none",
-                                warmup_steps=10_000, schedule="cosine", grad_clip=0.0, ema=0.0)
-        cfg.train.steps, cfg.train.global_batch = 600_000, 1024
-    elif stage == "diffusion":
-        cfg.optim = OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01, wd_exclude="pos_cls",
-                                warmup_steps=10_000, schedule="cosine", grad_clip=0.5, ema=0.9999)
-        cfg.train.steps, cfg.train.global_batch = 1_000_000, 1024
-        cfg.model.dropout = 0.0
-        cfg.sample.sampler, cfg.sample.cfg_scale = "heun", 2.5
-    else:
-        cfg.optim = OptimConfig(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.03, wd_exclude="pos_cls",
-                                warmup_steps=10_000, schedule="steps", milestones=(400_000, 500_000),
-                                factors=(0.3, 0.08), grad_clip=0.0, ema=0.9999)
-        cfg.train.steps, cfg.train.global_batch = 1_000_000, 1024
-        cfg.model.dropout = 0.5
-        cfg.sample.sampler, cfg.sample.cfg_scale = "consistency", 1.0
+    optim, cfg.train.steps, extra = PAPER_RECIPES[stage]
+    cfg.stage, cfg.optim, cfg.train.global_batch = stage, copy.deepcopy(optim), 1024
+    apply_overrides(cfg, extra)
+    if stage_of(stage).generates:
+        cfg.sample.sampler = stage_of(stage).sampler
     if steps is not None and steps != cfg.train.steps:
         full, cfg.train.steps = cfg.train.steps, steps
         cfg.optim.milestones = tuple(round(m * steps / full) for m in cfg.optim.milestones)
@@ -72,10 +68,36 @@ def _paper(model: ModelConfig, default_stage: str, cfg_scale: float | None = Non
     def build(stage: str | None = None, steps: int | None = None) -> Config:
         cfg = _paper_common(Config(model=copy.deepcopy(model)))
         cfg = apply_stage_recipe(cfg, stage or default_stage, steps)
-        if cfg_scale is not None and cfg.stage == "diffusion":
+        if cfg_scale is not None and cfg.sample.cfg_scale != 1.0:  # the guided (diffusion) stage
             cfg.sample.cfg_scale = cfg_scale
         return cfg
     return build
+
+
+# stage → what the CPU recipe of an n-step run changes in the paper's (comments: the measurement behind each)
+CPU_RECIPES: dict[str, Callable[[int], dict]] = {
+    "pretrain": lambda n: {"train.global_batch": 128, "optim.lr": 1e-3, "train.knn_every": n // 2,
+                           # on 32-pixel images an 8 % crop is a few pixels wide
+                           "pretrain.crop_min_scale": 0.3},
+    "diffusion": lambda n: {
+        "optim.lr": 5e-4, "optim.ema": 0.999,
+        # The paper's grid weight spans 1e4 between σ_min and σ_max, so at batch 64 each step's gradient is
+        # set by its one or two lowest-σ samples and high noise is never learnt in thousands of steps (the
+        # samples stay noise); plain x0 MSE learns every σ (benchmarks/results/weighting.md).
+        "diffusion.weighting": "uniform",
+        # More σ draws at high noise, where a tiny model decides the garment's outline (fewer broken shapes
+        # than P_mean = −1.2 at the same budget: benchmarks/results/demo/).
+        "diffusion.p_mean": -0.6},
+    # At σ_max the CM target is the model's own output at r ≈ t/2, so the 1-step map only improves as
+    # fast as information from low noise climbs that chain. With the paper's recipe (lr 2e-4, stages of
+    # n/8 steps) 1 000 steps left the 1-step samples as noisy 4×4-patch silhouettes; lr 2e-3 and staying
+    # in ECT stage 1 (the largest t − r) make most classes recognisable. Weight 1 instead of 1/(t' − r')
+    # (≈ 1/t at low noise, like the diffusion grid weight) made no measurable difference at lr 2e-4; it
+    # is kept for consistency with the diffusion recipe (benchmarks/results/consistency_recipe.md).
+    "consistency": lambda n: {"optim.lr": 2e-3, "optim.ema": 0.999, "optim.milestones": (int(n * 0.8),),
+                              "optim.factors": (0.3,), "consistency.weighting": "uniform",
+                              "consistency.stage_length": n, "model.dropout": 0.1},
+}
 
 
 def _cpu(enc_depth: int, width: int, heads: int, steps: dict[str, int]) -> Builder:
@@ -88,33 +110,9 @@ def _cpu(enc_depth: int, width: int, heads: int, steps: dict[str, int]) -> Build
                                        proj_hidden=4 * width, proj_out=128))
         cfg = apply_stage_recipe(cfg, stage)
         n = run_steps or steps[stage]
-        cfg.train.steps, cfg.train.global_batch = n, 128 if stage == "pretrain" else 64
+        cfg.train.steps, cfg.train.global_batch = n, 64
         cfg.optim.warmup_steps = max(n // 20, 10)
-        if stage == "pretrain":
-            cfg.optim.lr = 1e-3
-            cfg.pretrain.crop_min_scale = 0.3  # on 32-pixel images an 8 % crop is a few pixels wide
-            cfg.train.knn_every = n // 2
-        elif stage == "diffusion":
-            cfg.optim.lr, cfg.optim.ema = 5e-4, 0.999
-            # The paper's grid weight spans 1e4 between σ_min and σ_max, so at batch 64 each step's gradient is
-            # set by its one or two lowest-σ samples and high noise is never learnt in thousands of steps (the
-            # samples stay noise); plain x0 MSE learns every σ (benchmarks/results/weighting.md).
-            cfg.diffusion.weighting = "uniform"
-            # More σ draws at high noise, where a tiny model decides the garment's outline (fewer broken shapes
-            # than P_mean = −1.2 at the same budget: benchmarks/results/demo/).
-            cfg.diffusion.p_mean = -0.6
-        else:
-            # At σ_max the CM target is the model's own output at r ≈ t/2, so the 1-step map only improves as
-            # fast as information from low noise climbs that chain. With the paper's recipe (lr 2e-4, stages of
-            # n/8 steps) 1 000 steps left the 1-step samples as noisy 4×4-patch silhouettes; lr 2e-3 and staying
-            # in ECT stage 1 (the largest t − r) make most classes recognisable. Weight 1 instead of 1/(t' − r')
-            # (≈ 1/t at low noise, like the diffusion grid weight) made no measurable difference at lr 2e-4; it
-            # is kept for consistency with the diffusion recipe (benchmarks/results/consistency_recipe.md).
-            cfg.optim.lr, cfg.optim.ema = 2e-3, 0.999
-            cfg.optim.milestones, cfg.optim.factors = (int(n * 0.8),), (0.3,)
-            cfg.consistency.weighting = "uniform"
-            cfg.consistency.stage_length = n
-            cfg.model.dropout = 0.1
+        apply_overrides(cfg, CPU_RECIPES[stage](n))
         cfg.train.ckpt_every, cfg.train.log_every = max(n // 4, 1), 25
         return cfg
     return build

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from epg.engine.rng import mix_seed
-from epg.noise import NoiseConfig, karras_sigmas
+from epg.config import NoiseSettings
+from epg.noise import karras_sigmas
+from epg.rng import mix_seed
 
 Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 Clamp = Callable[[Tensor], Tensor]
@@ -41,7 +42,7 @@ class SampleResult:
 
 # ----------------------------------------------------------------------------------------------- grids
 
-def sampling_sigmas(num_steps: int, noise: NoiseConfig, grid: str = "edm") -> Tensor:
+def sampling_sigmas(num_steps: int, noise: NoiseSettings, grid: str = "edm") -> Tensor:
     """Unshifted σ of the ODE samplers: num_steps-point Karras grid, then σ = 0 for "edm" (METHOD.md §6)."""
     sigmas = karras_sigmas(num_steps, noise.sigma_min, noise.sigma_max, noise.rho)
     if grid == "edm":
@@ -51,9 +52,9 @@ def sampling_sigmas(num_steps: int, noise: NoiseConfig, grid: str = "edm") -> Te
     raise ValueError(f"unknown sampling grid {grid!r}; choose one of {GRIDS}")
 
 
-def consistency_sigmas(noise: NoiseConfig, mids: Sequence[float] = ()) -> list[float]:
+def consistency_sigmas(noise: NoiseSettings, shift: float, mids: Sequence[float] = ()) -> list[float]:
     """Shifted σ' list [σ'_max, σ'_mid…] of consistency sampling from unshifted mid-points (METHOD.md §6)."""
-    return [noise.shift * s for s in (noise.sigma_max, *mids)]
+    return [shift * s for s in (noise.sigma_max, *mids)]
 
 
 def guidance_interval(sigma_unshifted: Tensor, lo: float = GUIDANCE_INTERVAL[0],

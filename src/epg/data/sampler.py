@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from epg.engine.rng import mix_seed
+from epg.rng import mix_seed
 
 
 class GlobalBatchSampler:

@@ -25,6 +25,7 @@ from torch import nn
 
 from epg.atomic import atomic_path, describe_os_error
 from epg.config import Config, ConfigError, config_from_dict, identity_diffs
+from epg.stages import build_network, stage_of
 
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
 FORMAT = "epg-checkpoint-v1"
@@ -260,7 +261,7 @@ def load_pretrained_encoder(target: nn.Module, path: str | Path) -> list[str]:
     ckpt = resolve_checkpoint(path)
     verify_checkpoint(ckpt)
     saved = read_config(ckpt)
-    if saved.stage != "pretrain":
+    if stage_of(saved).generates:
         raise CheckpointError(f"{ckpt} is a {saved.stage} checkpoint; train.init_from needs a stage-1 (pretrain) one")
     state = read_tensors(ckpt, "model")
     encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
@@ -271,13 +272,11 @@ def load_pretrained_encoder(target: nn.Module, path: str | Path) -> list[str]:
 def load_network(path: str | Path, prefer_ema: bool = True, device: str | torch.device = "cpu",
                  ) -> tuple[nn.Module, Config, Path]:
     """Build the network a checkpoint holds from its config.json + safetensors pair alone."""
-    from epg.nn import build_generator, build_rcm  # the networks depend on nothing here
-
     ckpt = resolve_checkpoint(path)
     if (ckpt / "manifest.json").exists():
         verify_checkpoint(ckpt)
     cfg = read_config(ckpt)
-    net = build_rcm(cfg.model) if cfg.stage == "pretrain" else build_generator(cfg.model)
+    net = build_network(cfg)
     name = "ema" if prefer_ema and (ckpt / "ema.safetensors").is_file() else "model"
     load_state_strict(net, read_tensors(ckpt, name), f"{ckpt}/{name}.safetensors")
     return net.to(device).eval(), cfg, ckpt

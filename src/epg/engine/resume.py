@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -11,7 +14,52 @@ from pathlib import Path
 from epg.atomic import atomic_write_text, remove_stale
 from epg.config import Config, ConfigError, config_from_dict, identity_diffs
 from epg.engine import checkpoint as ck
-from epg.engine import rundir
+
+LOCK_NAME = ".lock"
+
+
+class RunDirInUseError(RuntimeError):
+    """Another process is training in this run directory."""
+
+
+# Locks this process holds, by resolved run directory: a second Trainer in the same process (a test, a notebook
+# re-run) shares the lock instead of refusing itself.
+_HELD: dict[Path, tuple[int, int]] = {}
+
+
+def acquire(run_dir: Path) -> Path:
+    """Take the run directory's lock (re-entrant within a process); refuse, naming the holder, if it is taken."""
+    key = Path(run_dir).resolve()
+    if key in _HELD:
+        fd, count = _HELD[key]
+        _HELD[key] = (fd, count + 1)
+        return key
+    path = key / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirInUseError(f"{run_dir} is in use by {holder}; wait for it to finish, stop it, "
+                               "or use another --run-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _HELD[key] = (fd, 1)
+    return key
+
+
+def release(key: Path) -> None:
+    """Give back one hold on the lock taken by `acquire`; the last one unlocks the directory."""
+    if key not in _HELD:
+        return
+    fd, count = _HELD[key]
+    if count > 1:
+        _HELD[key] = (fd, count - 1)
+        return
+    del _HELD[key]
+    os.ftruncate(fd, 0)
+    os.close(fd)  # closing the descriptor drops the flock
 
 
 def _check_run_config(run_dir: Path, cfg: Config) -> None:
@@ -42,7 +90,7 @@ def abandon_checkpoints(ckpt_root: Path) -> list[str]:
 def open_run_dir(run_dir: Path, cfg: Config, restart: bool) -> Path:
     """On rank 0: lock the run directory, check it holds this model, clear leftovers; returns the lock's key."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    key = rundir.acquire(run_dir)
+    key = acquire(run_dir)
     try:
         _check_run_config(run_dir, cfg)
         ckpt_root = run_dir / "checkpoints"
@@ -55,7 +103,7 @@ def open_run_dir(run_dir: Path, cfg: Config, restart: bool) -> Path:
                 print(f"epg: --restart: starting at step 0; kept {len(moved)} old checkpoint(s) as abandoned-*")
         atomic_write_text(run_dir / "config.json", cfg.to_json())
     except BaseException:
-        rundir.release(key)
+        release(key)
         raise
     return key
 

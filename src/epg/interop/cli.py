@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from epg.atomic import atomic_path
-from epg.config import Config, ConfigError
+from epg.config import Config, ConfigError, parse_overrides
 from epg.engine import checkpoint as ck
 from epg.interop import official
 from epg.presets import PRESETS, get_preset
+from epg.stages import build_network, stage_of
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -45,22 +46,16 @@ def _expected(net: nn.Module) -> dict[str, torch.Size]:
     return {official.to_official_name(k): v.shape for k, v in net.state_dict().items()}
 
 
-def _build(cfg: Config) -> nn.Module:
-    from epg.nn import build_generator, build_rcm
-
-    return build_rcm(cfg.model) if cfg.stage == "pretrain" else build_generator(cfg.model)
-
-
 def fitting_presets(state: dict[str, torch.Tensor], stage1: bool) -> list[str]:
     """Presets whose network has exactly these (authors') keys and shapes."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     fits = []
     for name in PRESETS:
         cfg = get_preset(name)
-        if (cfg.stage == "pretrain") != stage1:
+        if stage_of(cfg).generates == stage1:
             continue
         with torch.device("meta"):
-            expected = {k: tuple(v) for k, v in _expected(_build(cfg)).items()}
+            expected = {k: tuple(v) for k, v in _expected(build_network(cfg)).items()}
         if expected == shapes:
             fits.append(name)
     return fits
@@ -80,8 +75,6 @@ def _hint(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], kind:
 
 
 def _import_config(args: argparse.Namespace, kind: str) -> Config:
-    from epg.cli import parse_overrides
-
     overrides = parse_overrides(args.rest)
     default = get_preset(args.preset, overrides=overrides)
     if kind == "stage1":
@@ -89,7 +82,7 @@ def _import_config(args: argparse.Namespace, kind: str) -> Config:
             raise ConfigError(f"{args.path} is a stage-1 network; --stage {args.stage} is for generators")
         stage = "pretrain"
     else:
-        stage = args.stage or (default.stage if default.stage != "pretrain" else "")
+        stage = args.stage or (default.stage if stage_of(default).generates else "")
         if not stage:
             raise ConfigError(f"{args.path} is a generator but preset {args.preset} is a stage-1 preset; "
                               "name a generator preset (e.g. epg-xl-16-in256) or pass --stage")
@@ -102,10 +95,10 @@ def _to_ours(state: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
 
 def _optimizer_meta(net: nn.Module, cfg: Config) -> dict:
     """The param groups a fresh optimizer of this run would save (the authors' files hold no optimizer state)."""
-    from epg.engine.state import optimizer_state
-    from epg.engine.trainer import _param_groups
+    from epg.engine.model import optimizer_state
+    from epg.engine.setup import param_groups
 
-    opt = torch.optim.AdamW(_param_groups(net, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+    opt = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                             foreach=False)
     return optimizer_state(net, opt)[1]
 
@@ -119,7 +112,7 @@ def import_official(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--step must be ≥ 0, not {args.step}")
     kind, files = official.read_official(src)
     cfg = _import_config(args, kind)
-    net = _build(cfg)
+    net = build_network(cfg)
     expected = _expected(net)
     for name, state in files.items():
         problems = official.fit_problems(state, expected)
@@ -163,7 +156,7 @@ def export_official(run: Path, out: Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; choose a new folder")
     model = ck.read_tensors(ckpt, "model")
-    if cfg.stage == "pretrain":
+    if not stage_of(cfg).generates:
         state = ck.read_tensors(ckpt, "state") if (ckpt / "state.safetensors").is_file() else {}
         teacher = {k[len("extra.teacher."):]: v for k, v in state.items() if k.startswith("extra.teacher.")}
         files = {"nnet.pth": model, "target_model.pth": teacher or model}

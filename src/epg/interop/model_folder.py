@@ -19,6 +19,7 @@ from epg.atomic import atomic_path
 from epg.config import Config, all_keys
 from epg.engine import checkpoint as ck
 from epg.presets import PRESETS, get_preset
+from epg.stages import stage_of
 
 FORMAT = "epg-model-v1"
 _KEPT = ("preset", "stage", "model", "noise", "sample")
@@ -32,7 +33,7 @@ def folder_config(cfg: Config) -> dict[str, Any]:
 
 def reproduce_command(cfg: Config) -> str:
     """The `epg` command that trains this config: the preset plus every key that differs from it."""
-    head = "epg pretrain" if cfg.stage == "pretrain" else f"epg finetune --objective {cfg.stage}"
+    head = stage_of(cfg).command
     if cfg.preset not in PRESETS:
         return f"{head} (custom config: see the run's config.json)"
     base, ours = all_keys(get_preset(cfg.preset, cfg.stage)), all_keys(cfg)
@@ -75,7 +76,7 @@ def model_card(cfg: Config, ckpt: Path, run_dir: Path, params: int, evaluation: 
     else:
         measured = "not measured — see the commands below"
     data = {"fmnist": "Fashion-MNIST (train split, padded to 32×32)"}.get(cfg.data.source, f"`{cfg.data.source}`")
-    kind = "stage-1 encoder + projector" if cfg.stage == "pretrain" else f"{cfg.stage} generator"
+    kind = stage_of(cfg).what
     dataset_tag = "datasets:\n- fashion_mnist\n" if cfg.data.source == "fmnist" else ""
     return f"""---
 library_name: epg

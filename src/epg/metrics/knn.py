@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from epg.config import Config
 from epg.data import open_dataset
-from epg.noise import c_in, c_noise
+from epg.nn import encode
+from epg.noise import add_noise
 from epg.pixels import normalize
 
 
@@ -52,9 +53,9 @@ def encoder_features(net: torch.nn.Module, cfg: Config, images: torch.Tensor, si
     out = []
     for chunk in images.split(batch):
         x = normalize(chunk, cfg.noise.normalization)
-        x = (x + sigma * torch.randn(x.shape, generator=gen)).to(device)
+        x = add_noise(x, sigma, torch.randn(x.shape, generator=gen)).to(device)
         s = torch.full((x.shape[0],), sigma, device=device)
-        out.append(net.features(c_in(s.view(-1, 1, 1, 1), cfg.noise.sigma_data) * x, c_noise(s)).float().cpu())
+        out.append(encode(net, x, s, cfg.noise.sigma_data).float().cpu())
     return torch.cat(out)
 
 
@@ -95,12 +96,6 @@ class KnnProbe:
                                 encoder_features(net, self.cfg, self.xte, sigma, seed=1), self.yte, self.num_classes)
         finally:
             net.train(was_training)
-
-
-def knn_probe(net: torch.nn.Module, cfg: Config, n_train: int = 5000, n_test: int = 1000,
-              sigma: float | None = None) -> float:
-    """k-NN accuracy of LN(CLS) at σ (default σ_min): train-split features vote for held-out images."""
-    return KnnProbe(cfg, n_train, n_test).encoder(net, sigma)
 
 
 def knn_report(net: torch.nn.Module, cfg: Config, n_train: int = 5000, n_test: int = 1000) -> dict[str, float]:

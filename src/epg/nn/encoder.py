@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from epg.nn.denoiser import timestep_embedding
 from epg.nn.layers import Block, GlobalBatchNorm1d
-from epg.noise import timestep_embedding
 
 
 class Encoder(nn.Module):

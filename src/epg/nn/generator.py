@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from epg.nn.denoiser import timestep_embedding
 from epg.nn.encoder import Encoder
 from epg.nn.layers import Attention, Mlp
-from epg.noise import timestep_embedding
 
 
 class SkipFuse(nn.Module):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from epg.engine.rng import SampleRNG
+from epg.rng import SampleRNG
 
 BLUR_SIGMA_MIN, BLUR_SIGMA_MAX = 0.1, 2.0
 

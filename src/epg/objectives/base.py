@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from epg.config import Config
-from epg.engine.rng import SampleRNG
 from epg.pixels import normalize
+from epg.rng import SampleRNG
 
 
 class Objective(nn.Module):
@@ -28,15 +28,13 @@ class Objective(nn.Module):
     def after_optimizer_step(self, step: int) -> None:
         """Per-step bookkeeping outside the optimizer (e.g. the stage-1 EMA teacher)."""
 
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        """Tensors besides the trained network that a resume needs (teacher weights …)."""
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Networks besides the trained one whose weights travel with every checkpoint (the stage-1 teacher, the
+        frozen W); the engine saves them as ``extra.<name>.*`` and restores those a checkpoint holds."""
         return {}
 
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what `extra_state` returned."""
-
     def extra_meta(self) -> dict:
-        """JSON facts a resume needs to rebuild what `extra_state` fills (e.g. the frozen network's shape)."""
+        """JSON facts a resume needs to rebuild the extra networks (e.g. the frozen network's shape)."""
         return {}
 
     def prepare(self, images: torch.Tensor, rng: SampleRNG, hflip: bool) -> torch.Tensor:

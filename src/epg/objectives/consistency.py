@@ -9,20 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from epg.config import Config, ModelConfig
-from epg.engine.checkpoint import load_state_strict
-from epg.engine.rng import SampleRNG
-from epg.noise import c_in, c_noise, c_out, c_skip, ect_r_of_t, ect_stage, ect_t
+from epg.nn import consistency_function, encode
+from epg.noise import add_noise, ect_r_of_t, ect_stage, ect_t, ect_weight
 from epg.objectives.base import Objective
 from epg.objectives.pretrain import info_nce
-
-
-def consistency_function(net: nn.Module, x: torch.Tensor, sigma_shifted: torch.Tensor, labels: torch.Tensor | None,
-                         sigma_min_shifted: float, sigma_data: float = 0.5) -> torch.Tensor:
-    """f(x, σ') = c_skip·x + c_out·F(c_in·x, c_noise, y); f(x, σ'_min) = x exactly (METHOD.md §1)."""
-    s = sigma_shifted.float()
-    col = s.view(-1, 1, 1, 1)
-    out = net(c_in(col, sigma_data) * x, c_noise(s), labels).float()
-    return c_skip(col, sigma_min_shifted, sigma_data) * x + c_out(col, sigma_min_shifted, sigma_data) * out
+from epg.rng import SampleRNG
 
 
 def pseudo_huber_term(d2: torch.Tensor, c: float) -> torch.Tensor:
@@ -44,14 +35,10 @@ class ConsistencyObjective(Objective):
             frozen.requires_grad_(False)
             frozen.eval()
 
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        # The frozen stage-1 network travels with every checkpoint: a resume never rereads --init.
-        return {f"frozen.{k}": v for k, v in self.frozen.state_dict().items()} if self.frozen is not None else {}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        frozen = {k[len("frozen."):]: v for k, v in state.items() if k.startswith("frozen.")}
-        if self.frozen is not None and frozen:  # an imported checkpoint has none: W then came from --init
-            load_state_strict(self.frozen, frozen, "the frozen stage-1 network of the checkpoint")
+    def extra_modules(self) -> dict[str, nn.Module]:
+        # The frozen stage-1 network travels with every checkpoint: a resume never rereads --init (an imported
+        # checkpoint has none: W then came from --init).
+        return {"frozen": self.frozen} if self.frozen is not None else {}
 
     def extra_meta(self) -> dict:
         return {"frozen_model": dataclasses.asdict(self.frozen_model)} if self.frozen_model is not None else {}
@@ -69,7 +56,7 @@ class ConsistencyObjective(Objective):
     def _w_features(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         s = torch.full((x.shape[0],), cfg.noise.sigma_min * cfg.sigma_shift, device=x.device)
-        h = self.frozen.features(c_in(s.view(-1, 1, 1, 1), cfg.noise.sigma_data) * x, c_noise(s))
+        h = encode(self.frozen, x, s, cfg.noise.sigma_data)
         if cfg.consistency.aux_features == "projector":
             h = self.frozen.projector(h)
         return F.normalize(h.float(), dim=-1)
@@ -87,19 +74,14 @@ class ConsistencyObjective(Objective):
         devices = [x0.device] if x0.device.type == "cuda" else []
         cpu_state = torch.get_rng_state()
         cuda_state = torch.cuda.get_rng_state(x0.device) if devices else None
-        f_t = self._f(x0 + t_s.view(-1, 1, 1, 1) * eps, t_s, y)
+        f_t = self._f(add_noise(x0, t_s, eps), t_s, y)
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.set_rng_state(cpu_state)  # the target pass reuses the online pass's dropout mask
             if cuda_state is not None:
                 torch.cuda.set_rng_state(cuda_state, x0.device)
-            f_r = self._f(x0 + r_s.view(-1, 1, 1, 1) * eps, r_s, y)
+            f_r = self._f(add_noise(x0, r_s, eps), r_s, y)
         d2 = ((f_t - f_r) ** 2).sum(dim=(1, 2, 3))
-        gap = t_s > r_s
-        if c.weighting == "ect":
-            weight = torch.where(gap, 1.0 / (t_s - r_s).clamp_min(1e-12), torch.zeros_like(t_s))
-        else:
-            weight = gap.float()
-        loss_cm = (weight * pseudo_huber_term(d2, c.huber_c)).mean()
+        loss_cm = (ect_weight(t_s, r_s, c.weighting) * pseudo_huber_term(d2, c.huber_c)).mean()
         terms = {"cm": loss_cm.detach()}
         loss = loss_cm
         if self.frozen is not None and c.aux_weight > 0:

@@ -6,23 +6,16 @@ import torch
 from torch import nn
 
 from epg.config import Config
-from epg.engine.rng import SampleRNG
+from epg.nn import x0_prediction
 from epg.noise import (
-    c_in,
-    c_noise,
+    add_noise,
     diffusion_grid_weight,
     edm_weight,
     karras_sigmas,
     sample_lognormal_grid_index,
 )
 from epg.objectives.base import Objective
-
-
-def x0_prediction(net: nn.Module, x: torch.Tensor, sigma_shifted: torch.Tensor, labels: torch.Tensor | None,
-                  sigma_data: float = 0.5) -> torch.Tensor:
-    """x̂0 = G(c_in·x_σ, c_noise, y): the model predicts x0 directly (METHOD.md §4)."""
-    s = sigma_shifted.float().view(-1, 1, 1, 1)
-    return net(c_in(s, sigma_data) * x, c_noise(sigma_shifted.float()), labels)
+from epg.rng import SampleRNG
 
 
 def drop_labels(labels: torch.Tensor, u: torch.Tensor, p: float, null_label: int) -> torch.Tensor:
@@ -56,7 +49,7 @@ class DiffusionObjective(Objective):
         dev = x0.device
         sigma_s = (sigma * cfg.sigma_shift).float().to(dev, non_blocking=True)
         eps = rng.randn("eps", *x0.shape[1:])
-        x = x0 + sigma_s.view(-1, 1, 1, 1) * eps
+        x = add_noise(x0, sigma_s, eps)
         y = None
         if cfg.model.num_classes > 0:
             y = drop_labels(labels, rng.rand("label-drop"), d.label_dropout, cfg.model.num_classes)

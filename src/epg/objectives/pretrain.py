@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from epg.config import Config
-from epg.engine.distributed import gather_cat
-from epg.engine.rng import SampleRNG
-from epg.noise import c_in, c_noise, discretization_steps, karras_sigmas
+from epg.dist import gather_cat, rank
+from epg.nn import encode
+from epg.noise import add_noise, discretization_steps, karras_sigmas
 from epg.objectives.augment import ViewSpec, augment_view
 from epg.objectives.base import Objective
 from epg.pixels import normalize
+from epg.rng import SampleRNG
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
@@ -27,13 +28,22 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, tau: torch.Tensor | float) -> tor
     with torch.autocast(q.device.type, enabled=False):  # autocast would run the logits matmul in bf16
         q, k = q.float(), k.detach().float()
         keys = gather_cat(k)
-        offset = 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            offset = torch.distributed.get_rank() * k.shape[0]
+        offset = rank() * k.shape[0]
         tau = torch.as_tensor(tau, dtype=torch.float32, device=q.device).reshape(-1, 1)
         logits = q @ keys.T / tau
         rows = torch.arange(q.shape[0], device=q.device)
         return torch.logsumexp(logits, dim=1) - logits[rows, offset + rows]
+
+
+def symmetric_contrastive_loss(q1: torch.Tensor, q2: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor,
+                               tau: float) -> torch.Tensor:
+    """ℓ(q1; k2) + ℓ(q2; k1), each averaged over the batch: the two directions of METHOD.md §3 item 4."""
+    return info_nce(q1, k2, tau).mean() + info_nce(q2, k1, tau).mean()
+
+
+def representation_consistency_loss(q: torch.Tensor, k: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """InfoNCE between h(x_{σ_n}) and the no-grad h(x_{σ_n+1}) of the same trajectory (METHOD.md §3 item 5)."""
+    return info_nce(q, k, tau).mean()
 
 
 def tau2_at(step: int, total_steps: int, schedule: str = "cosine", constant: float = 0.1) -> float:
@@ -68,8 +78,7 @@ class PretrainObjective(Objective):
                       ViewSpec("view2", p.blur_p2, p.solarize_p2, p.crop_min_scale, **extra))
 
     def _encode(self, net: nn.Module, x: torch.Tensor, sigma_shifted: torch.Tensor, projector: bool) -> torch.Tensor:
-        s = sigma_shifted.float()
-        h = net.features(c_in(s.view(-1, 1, 1, 1), self.cfg.noise.sigma_data) * x, c_noise(s))
+        h = encode(net, x, sigma_shifted, self.cfg.noise.sigma_data)
         return F.normalize((net.projector(h) if projector else h).float(), dim=-1)
 
     def grid_pair(self, rng: SampleRNG, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,30 +98,29 @@ class PretrainObjective(Objective):
         dev = images.device
         eps = rng.randn("eps", *images.shape[1:])
         zero = torch.zeros((), device=dev)
-        loss_cons = loss_12 = loss_21 = zero
+        loss_cons = loss_con = zero
         if p.consistency_weight:  # two adjacent points of one trajectory (same image, same ε)
             x0 = self.prepare(images, rng, cfg.data.hflip)
             t_n, t_n1 = self.grid_pair(rng, step, images.shape[0])
             tn_s, tn1_s = (t_n * s).float().to(dev), (t_n1 * s).float().to(dev)
             use_proj = p.consistency_features == "projector"
-            q = self._encode(self.net, x0 + tn_s.view(-1, 1, 1, 1) * eps, tn_s, use_proj)
+            q = self._encode(self.net, add_noise(x0, tn_s, eps), tn_s, use_proj)
             with torch.no_grad():
-                k = self._encode(self.net, x0 + tn1_s.view(-1, 1, 1, 1) * eps, tn1_s, use_proj)
+                k = self._encode(self.net, add_noise(x0, tn1_s, eps), tn1_s, use_proj)
             tau = consistency_tau(t_n.float(), p.tau1,
                                   tau2_at(step, cfg.train.steps, p.tau2_schedule, p.tau2_constant),
                                   cfg.noise.sigma_min, cfg.noise.sigma_max).to(dev)
-            loss_cons = info_nce(q, k, tau).mean()
+            loss_cons = representation_consistency_loss(q, k, tau)
         if p.contrastive_weight:  # two strong views at the lowest noise level, EMA teacher keys, symmetric
             y1, y2 = (normalize(augment_view(images, rng, v) * 255.0, cfg.noise.normalization) for v in self.views)
             t0 = torch.full((images.shape[0],), cfg.noise.sigma_min * s, device=dev)
-            y1, y2 = y1 + t0.view(-1, 1, 1, 1) * eps, y2 + t0.view(-1, 1, 1, 1) * eps
+            y1, y2 = add_noise(y1, t0, eps), add_noise(y2, t0, eps)
             q1, q2 = self._encode(self.net, y1, t0, True), self._encode(self.net, y2, t0, True)
             with torch.no_grad():
                 k1, k2 = self._encode(self.teacher, y1, t0, True), self._encode(self.teacher, y2, t0, True)
-            loss_12 = info_nce(q1, k2, p.tau_c).mean()
-            loss_21 = info_nce(q2, k1, p.tau_c).mean()
-        loss = p.contrastive_weight * (loss_12 + loss_21) + p.consistency_weight * loss_cons
-        return loss, {"contrastive": (loss_12 + loss_21).detach(), "consistency": loss_cons.detach()}
+            loss_con = symmetric_contrastive_loss(q1, q2, k1, k2, p.tau_c)
+        loss = p.contrastive_weight * loss_con + p.consistency_weight * loss_cons
+        return loss, {"contrastive": loss_con.detach(), "consistency": loss_cons.detach()}
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
@@ -121,8 +129,5 @@ class PretrainObjective(Objective):
         teacher = list(self.teacher.parameters())
         torch._foreach_lerp_(teacher, [q.detach() for q in self.net.parameters()], 1.0 - m)
 
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.teacher.load_state_dict({k[len("teacher."):]: v for k, v in state.items()}, strict=True)
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
