@@ -14,6 +14,7 @@ from torch import nn
 
 from epg.nn.layers import GlobalBatchNorm1d
 from epg.objectives.pretrain import PretrainObjective, consistency_tau, info_nce, tau2_at
+from epg.pixels import normalize
 from epg.presets import get_preset
 from epg.rng import SampleRNG
 
@@ -361,3 +362,25 @@ def test_term_weights_scale_each_term_and_zero_skips_it():
     # the consistency term alone trains the encoder, not the projector (it reads LN(CLS))
     assert all(p.grad is None for p in obj.net.projector.parameters())
     assert all(p.grad is not None for p in obj.net.encoder.blocks.parameters())
+
+
+def _consistency_inputs(noise: str, positions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """x_{σ_n} − x0 of the consistency query for each sample (the noise σ_n·ε it was given)."""
+    obj = tiny_objective(**{"pretrain.consistency_noise": noise, "pretrain.contrastive_weight": 0.0,
+                            "data.hflip": False})
+    seen, real = [], obj._encode
+    obj._encode = lambda net, x, s, proj: (seen.append(x.detach().clone()), real(net, x, s, proj))[1]
+    obj(images, torch.zeros(len(images), dtype=torch.long), SampleRNG(0, 3, positions), 3)
+    return seen[0] - normalize(images, obj.cfg.noise.normalization)
+
+
+def test_consistency_noise_batch_gives_every_image_and_process_one_eps():
+    images = _images(6, 1)
+    shared = _consistency_inputs("batch", torch.arange(6), images)
+    assert shared.abs().max() > 0.01
+    for row in shared[1:]:  # (x0 + σε) − x0 = σε up to fp32 rounding at |x| ≈ 5
+        torch.testing.assert_close(row, shared[0], rtol=0, atol=1e-5)
+    other_rank = _consistency_inputs("batch", torch.arange(100, 102), images[:2])
+    assert torch.equal(other_rank[0], shared[0])  # seeded by the step alone: the same on every process
+    own = _consistency_inputs("sample", torch.arange(6), images)  # the paper: an ε per image
+    assert not torch.allclose(own[0], own[1]) and not torch.allclose(own[0], shared[0])

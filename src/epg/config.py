@@ -109,6 +109,7 @@ class PretrainConfig:
     teacher_momentum: float = 0.99
     per_sample_index: bool = False
     consistency_features: str = "cls"  # cls | projector
+    consistency_noise: str = "sample"  # sample (the paper: an ε per image) | batch (one ε shared by the batch)
     s0: int = 20
     s1: int = 1280
     blur_p1: float = 1.0
@@ -280,7 +281,8 @@ _CHOICES = {
     "optim.schedule": ("cosine", "steps", "constant"),
     "optim.wd_exclude": ("none", "pos_cls"), "train.precision": ("bf16", "fp16", "fp32"),
     "train.nonfinite": ("stop", "skip"), "pretrain.tau2_schedule": ("cosine", "constant"),
-    "pretrain.consistency_features": ("cls", "projector"), "diffusion.weighting": ("grid", "edm", "uniform"),
+    "pretrain.consistency_features": ("cls", "projector"), "pretrain.consistency_noise": ("sample", "batch"),
+    "diffusion.weighting": ("grid", "edm", "uniform"),
     "consistency.weighting": ("ect", "uniform"),
     "consistency.aux_features": ("projector", "cls"), "sample.sampler": ("heun", "euler", "stochastic", "consistency"),
     "sample.grid": ("edm", "official"), "sample.labels": ("balanced", "frequency"),

@@ -67,6 +67,8 @@ HELP: dict[str, str] = {
     "pretrain.tau2_constant": "τ2 when tau2_schedule is constant",
     "pretrain.teacher_momentum": "EMA momentum of the contrastive teacher",
     "pretrain.per_sample_index": "draw the grid index per sample instead of once per global batch",
+    "pretrain.consistency_noise": "sample (an ε per image, the paper) | batch: one ε for the whole batch in the "
+                                  "consistency term, so that ε cannot identify an image at high σ",
     "pretrain.consistency_features": "cls (LN(CLS), the official code) | projector: what the consistency loss compares",
     "pretrain.s0": "curriculum: initial grid intervals s0",
     "pretrain.s1": "curriculum: final grid intervals s1",

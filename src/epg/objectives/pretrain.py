@@ -92,6 +92,12 @@ class PretrainObjective(Objective):
             n = torch.randint(0, n_points - 1, (1,), generator=rng.step_generator("grid-index")).expand(batch)
         return grid[n], grid[n + 1]
 
+    @staticmethod
+    def batch_noise(rng: SampleRNG, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """One ε for every sample of the global batch (seeded by the step only): then ε tells no image apart from
+        another, and matching x_{σ_n} to x_{σ_n+1} has to go by the image (pretrain.consistency_noise = batch)."""
+        return torch.randn(tuple(shape), generator=rng.step_generator("eps-batch")).to(device)
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor, rng: SampleRNG, step: int,
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, p, s = self.cfg, self.cfg.pretrain, self.cfg.sigma_shift
@@ -104,9 +110,10 @@ class PretrainObjective(Objective):
             t_n, t_n1 = self.grid_pair(rng, step, images.shape[0])
             tn_s, tn1_s = (t_n * s).float().to(dev), (t_n1 * s).float().to(dev)
             use_proj = p.consistency_features == "projector"
-            q = self._encode(self.net, add_noise(x0, tn_s, eps), tn_s, use_proj)
+            e = eps if p.consistency_noise == "sample" else self.batch_noise(rng, images.shape[1:], dev)
+            q = self._encode(self.net, add_noise(x0, tn_s, e), tn_s, use_proj)
             with torch.no_grad():
-                k = self._encode(self.net, add_noise(x0, tn1_s, eps), tn1_s, use_proj)
+                k = self._encode(self.net, add_noise(x0, tn1_s, e), tn1_s, use_proj)
             tau = consistency_tau(t_n.float(), p.tau1,
                                   tau2_at(step, cfg.train.steps, p.tau2_schedule, p.tau2_constant),
                                   cfg.noise.sigma_min, cfg.noise.sigma_max).to(dev)
