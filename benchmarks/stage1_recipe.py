@@ -63,9 +63,10 @@ ARMS: dict[str, tuple[str | None, dict]] = {
     # The same stale-teacher argument as preset-m0.9, on the best 200-step base.
     "grey-noblur-m0.9": ("grey-noblur", {"pretrain.teacher_momentum": 0.9}),
     "grey-noblur-m0": ("grey-noblur", {"pretrain.teacher_momentum": 0.0}),
-    # More negatives per step (half the steps) vs more steps (fewer negatives): the same images either way.
-    "grey-noblur-batch256": ("grey-noblur", {"train.global_batch": 256}),
-    "grey-noblur-batch64": ("grey-noblur", {"train.global_batch": 64}),
+    # More negatives per step (half the steps) vs more steps (fewer negatives): the same images either way. The
+    # warm-up is kept at the same images (75 steps of 128), not the same steps, so it is not ¾ of a 100-step run.
+    "grey-noblur-batch256": ("grey-noblur", {"train.global_batch": 256, "optim.warmup_steps": 38}),
+    "grey-noblur-batch64": ("grey-noblur", {"train.global_batch": 64, "optim.warmup_steps": 150}),
     # A wider projector absorbs more of the instance task, so that LN(CLS) keeps more general features.
     "grey-noblur-proj1024": ("grey-noblur", {"model.proj_hidden": 1024, "model.proj_out": 256}),
     # A narrower output leaves less room for per-instance detail in the contrastive space.
