@@ -60,6 +60,8 @@ ARMS: dict[str, tuple[str | None, dict]] = {
     # Fashion-MNIST classes are whole silhouettes: a 30 % crop often cuts away what tells a shirt from a coat.
     "grey-noblur-crop0.6": ("grey-noblur", {"pretrain.crop_min_scale": 0.6}),
     "grey-noblur-crop0.8": ("grey-noblur", {"pretrain.crop_min_scale": 0.8}),
+    # The end of that trend: full area (the 3/4–4/3 aspect jitter and the flip stay, so views still differ a little).
+    "grey-noblur-crop1.0": ("grey-noblur", {"pretrain.crop_min_scale": 1.0}),
     # The same stale-teacher argument as preset-m0.9, on the best 200-step base.
     "grey-noblur-m0.9": ("grey-noblur", {"pretrain.teacher_momentum": 0.9}),
     "grey-noblur-m0": ("grey-noblur", {"pretrain.teacher_momentum": 0.0}),
