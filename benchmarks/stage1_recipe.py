@@ -77,6 +77,8 @@ ARMS: dict[str, tuple[str | None, dict]] = {
     "grey-noblur-smax10": ("grey-noblur", {"noise.sigma_max": 10.0}),
     # Each sample its own σ index along the trajectory, so the pair is not one σ pair for the whole batch.
     "grey-noblur-persample": ("grey-noblur", {"pretrain.per_sample_index": True}),
+    # The best arm of this screen with twice the step size (warm-up still the pinned 75 steps).
+    "grey-noblur-crop1.0-lr2e-3": ("grey-noblur-crop1.0", {"optim.lr": 2e-3}),
     # Consistency on the projector output instead of LN(CLS), so the trivial solution does not shape CLS directly.
     "grey-noblur-consproj": ("grey-noblur", {"pretrain.consistency_features": "projector"}),
 }
