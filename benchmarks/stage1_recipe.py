@@ -156,7 +156,10 @@ def report(args: argparse.Namespace) -> None:
               "2-core machine (other jobs running), so it overstates the time alone; s/step converts a step count "
               "into a budget. The budget: the demo's stage 1 alone on 2 threads ran 250 steps in 359.8 s "
               "(benchmarks/results/demo/summary.json), 1.44 s/step, so ≤ 10 min is ≈ 400 steps (0.85 epoch). "
-              "Rerun: `python benchmarks/stage1_recipe.py --steps N --arms …` (see the docstring)."]
+              "Rerun: `python benchmarks/stage1_recipe.py --steps N --arms …` (see the docstring).", "",
+              "`contrastive` is the sum of the two InfoNCE directions over the batch (chance 2·ln B: 9.70 at B = 128), "
+              "so it does not compare across batch sizes. Warm-up is the 75 steps of 128 that the preset arm pins, "
+              "in every arm that does not change it (the batch arms keep it at the same images)."]
     table = "\n".join(lines) + "\n"
     (args.results / "stage1_recipe.md").write_text(table)
     print(table)
