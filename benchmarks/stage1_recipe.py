@@ -56,6 +56,33 @@ ARMS: dict[str, tuple[str | None, dict]] = {
     # A teacher 1/(1 − m) = 100 steps behind the online network is a stale target in a 200–400-step run.
     "preset-m0.9": ("preset", {"pretrain.teacher_momentum": 0.9}),
     "preset-m0": ("preset", {"pretrain.teacher_momentum": 0.0}),
+    # Screen of 2026-12-01 (warm-up pinned at 75 steps through the preset arm in all of these).
+    # Fashion-MNIST classes are whole silhouettes: a 30 % crop often cuts away what tells a shirt from a coat.
+    "grey-noblur-crop0.6": ("grey-noblur", {"pretrain.crop_min_scale": 0.6}),
+    "grey-noblur-crop0.8": ("grey-noblur", {"pretrain.crop_min_scale": 0.8}),
+    # The end of that trend: full area (the 3/4–4/3 aspect jitter and the flip stay, so views still differ a little).
+    "grey-noblur-crop1.0": ("grey-noblur", {"pretrain.crop_min_scale": 1.0}),
+    # The same stale-teacher argument as preset-m0.9, on the best 200-step base.
+    "grey-noblur-m0.9": ("grey-noblur", {"pretrain.teacher_momentum": 0.9}),
+    "grey-noblur-m0": ("grey-noblur", {"pretrain.teacher_momentum": 0.0}),
+    # More negatives per step (half the steps) vs more steps (fewer negatives): the same images either way. The
+    # warm-up is kept at the same images (75 steps of 128), not the same steps, so it is not ¾ of a 100-step run.
+    "grey-noblur-batch256": ("grey-noblur", {"train.global_batch": 256, "optim.warmup_steps": 38}),
+    "grey-noblur-batch64": ("grey-noblur", {"train.global_batch": 64, "optim.warmup_steps": 150}),
+    # A wider projector absorbs more of the instance task, so that LN(CLS) keeps more general features.
+    "grey-noblur-proj1024": ("grey-noblur", {"model.proj_hidden": 1024, "model.proj_out": 256}),
+    # A narrower output leaves less room for per-instance detail in the contrastive space.
+    "grey-noblur-proj64": ("grey-noblur", {"model.proj_out": 64}),
+    # The shared-ε cue makes consistency trivial at high σ; a lower σ_max keeps the term on σ where the image shows.
+    "grey-noblur-smax10": ("grey-noblur", {"noise.sigma_max": 10.0}),
+    # Each sample its own σ index along the trajectory, so the pair is not one σ pair for the whole batch.
+    "grey-noblur-persample": ("grey-noblur", {"pretrain.per_sample_index": True}),
+    # The best arm of this screen with twice the step size (warm-up still the pinned 75 steps).
+    "grey-noblur-crop1.0-lr2e-3": ("grey-noblur-crop1.0", {"optim.lr": 2e-3}),
+    # Consistency on the projector output instead of LN(CLS), so the trivial solution does not shape CLS directly.
+    "grey-noblur-consproj": ("grey-noblur", {"pretrain.consistency_features": "projector"}),
+    # The two arms of this screen above grey-noblur (crop 1.0: +0.031, consistency on the projector: +0.018), together.
+    "crop1.0-consproj": ("grey-noblur-crop1.0", {"pretrain.consistency_features": "projector"}),
 }
 
 
@@ -102,6 +129,12 @@ def run(arm: str, args: argparse.Namespace, probe: KnnProbe) -> dict:
 
 def report(args: argparse.Namespace) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(args.work.glob("*/*/probe.json"))]
+    # Rows already in the results JSON whose run is no longer in --work are kept: a run found in --work replaces
+    # the row with the same (tag, arm, steps, seed), so earlier measurements stay in the table.
+    key = lambda r: (r["tag"], r["arm"], r["steps"], r["seed"])  # noqa: E731
+    old = args.results / "stage1_recipe.json"
+    found = {key(r) for r in rows}
+    rows += [r for r in (json.loads(old.read_text()) if old.exists() else []) if key(r) not in found]
     order = {a: i for i, a in enumerate(ARMS)}
     rows.sort(key=lambda r: (r["steps"], r["tag"], order.get(r["arm"], 99)))
     for r in rows:
@@ -123,7 +156,10 @@ def report(args: argparse.Namespace) -> None:
               "2-core machine (other jobs running), so it overstates the time alone; s/step converts a step count "
               "into a budget. The budget: the demo's stage 1 alone on 2 threads ran 250 steps in 359.8 s "
               "(benchmarks/results/demo/summary.json), 1.44 s/step, so ≤ 10 min is ≈ 400 steps (0.85 epoch). "
-              "Rerun: `python benchmarks/stage1_recipe.py --steps N --arms …` (see the docstring)."]
+              "Rerun: `python benchmarks/stage1_recipe.py --steps N --arms …` (see the docstring).", "",
+              "`contrastive` is the sum of the two InfoNCE directions over the batch (chance 2·ln B: 9.70 at B = 128), "
+              "so it does not compare across batch sizes. Warm-up is the 75 steps of 128 that the preset arm pins, "
+              "in every arm that does not change it (the batch arms keep it at the same images)."]
     table = "\n".join(lines) + "\n"
     (args.results / "stage1_recipe.md").write_text(table)
     print(table)
