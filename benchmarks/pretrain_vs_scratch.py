@@ -390,9 +390,12 @@ READ_WITH = [
     "(torch seed 0), not the very one the scratch runs start from (those are drawn by each run's seed).",
     "- The 1 000-step evaluation is step 1 000 of a 2 000-step schedule (warm-up, cosine decay and EMA as the "
     "demo's 2 000-step fine-tuning), not the end of a 1 000-step run.",
-    "- FID on 1 000 samples against 1 000 test images is biased upwards (real vs real is ≈ 23 on this split) and "
-    "differences of a few points are noise; the class accuracy is of the classifier's verdicts, itself 90.9 % on "
-    "real test images.",
+    "- FID on 1 000 samples against 1 000 test images is biased upwards (issue #15 quotes ≈ 23 for real vs real "
+    "on this split; not re-measured here) and differences of a few points are noise. Class accuracy is the "
+    "classifier's verdict, and the classifier itself errs on about one real test image in eleven (its test "
+    "accuracy is above).",
+    "- A seed count is written beside every mean; a mean of one seed has no spread, and the issue's bar "
+    "(≥ 25 % lower FID with the 3-seed ranges apart) can only be judged where both sides have 3 seeds.",
     "- Seconds are wall-clock on a 2-core machine with one thread per run and another job on the other core: "
     "compare them within this table only. The stage-1 seconds of a dose are its share of the run's s/step.",
     "- The consistency arm from scratch has no stage-1 network, so it trains without the auxiliary InfoNCE term "
