@@ -229,6 +229,8 @@ def finetune_arm(args: argparse.Namespace, objective: str, dose: str, seed: int,
         "train.ckpt_every": gcd, "train.keep_every": gcd, "train.keep_last": 1})
     info.update(steps=cfg.train.steps, eval_points=points, init_from=init)
     _train(args, info, cfg, run_dir, points)
+    if not run_dir.exists():  # nothing started (past the deadline): leave no empty arm behind
+        return None
     _write(out, info)
     have = {step: path for step, path in list_checkpoints(run_dir / "checkpoints")}
     for point in points:
@@ -288,7 +290,7 @@ def report(args: argparse.Namespace) -> None:
          "## Stage 1 (one run, seed 0, shared by every fine-tuning seed)", "",
          f"{pre['steps']} steps × batch {pre['batch']} ({pre['images']} images, "
          f"{pre['images'] / 60000:.2f} epochs), {pre['seconds']:.0f} s ({pre['s_per_step']:.2f} s/step on "
-         f"{pre['threads']} thread(s), the other core busy with another job). k-NN probe: LN(CLS) at σ_min, "
+         f"{pre['threads']} thread(s)). k-NN probe: LN(CLS) at σ_min, "
          f"{pre['knn_split']}; raw pixels on the same probe: **{pre['knn_pixels']:.3f}**.", ""]
     for objective in ("diffusion", "consistency"):
         if not any(a["objective"] == objective for a in arms):
@@ -339,6 +341,7 @@ def report(args: argparse.Namespace) -> None:
           "Paper (ImageNet-256, METHOD.md §0), for reference only (another data set, model size and budget): "
           f"diffusion FID {PAPER['diffusion'][0]} pre-trained vs {PAPER['diffusion'][1]} from scratch; "
           f"1-step consistency {PAPER['consistency'][0]} vs {PAPER['consistency'][1]}.", ""]
+    L += _missing(arms, pre)
     L += READ_WITH
     L += EARLIER
     table = "\n".join(L) + "\n"
@@ -383,6 +386,24 @@ def _matched_text(arms: list[dict]) -> list[str]:
     return out + [""] if out else []
 
 
+def _missing(arms: list[dict], pre: dict) -> list[str]:
+    """What the full design (both objectives × every dose × seeds 0–2 × 1 000 and 2 000 steps, plus the
+    compute-matched arm) still lacks."""
+    done = {(a["objective"], a["dose"], a["seed"], int(e) - a.get("extra_steps", 0)) for a in arms
+            if not a.get("matched") for e in a["evals"]}
+    lines = []
+    for objective in ("diffusion", "consistency"):
+        for e in (1000, 2000):
+            todo = [f"dose {d} seed {s}" for d in sorted(pre["doses"], key=float) for s in (0, 1, 2)
+                    if (objective, d, s, e) not in done]
+            if todo:
+                lines.append(f"- {objective} @ {e}: {len(todo)} of {3 * len(pre['doses'])} not evaluated"
+                             + (f" ({', '.join(todo)})" if len(todo) < 3 * len(pre["doses"]) else " (none run)"))
+    if not any(a.get("matched") and a["evals"] for a in arms):
+        lines.append("- the compute-matched scratch arm: not run")
+    return ["## Not run yet", "", *lines, ""] if lines else []
+
+
 READ_WITH = [
     "## Read with", "",
     "- One stage-1 run (seed 0) serves every seed: the seed ranges are those of fine-tuning (its data order, "
@@ -396,8 +417,10 @@ READ_WITH = [
     "accuracy is above).",
     "- A seed count is written beside every mean; a mean of one seed has no spread, and the issue's bar "
     "(≥ 25 % lower FID with the 3-seed ranges apart) can only be judged where both sides have 3 seeds.",
-    "- Seconds are wall-clock on a 2-core machine with one thread per run and another job on the other core: "
-    "compare them within this table only. The stage-1 seconds of a dose are its share of the run's s/step.",
+    "- Seconds are wall-clock on a 2-core machine with one thread per run; another job used the other core for "
+    "part of the time (in the 2026-12-01 runs at least during stage 1 and the dose-0 fine-tuning; dose 0.5 and "
+    "0.25 ran 1.3–1.7× faster per step, presumably after it ended), so seconds are not comparable between "
+    "runs. The stage-1 seconds of a dose are its share of the run's s/step.",
     "- The consistency arm from scratch has no stage-1 network, so it trains without the auxiliary InfoNCE term "
     "(METHOD.md §5) and costs less per step.",
     "",
