@@ -1,26 +1,47 @@
-"""The paper's ablation at CPU scale: fine-tuning from the EPG pre-trained encoder vs from a random one.
+"""The paper's ablation at CPU scale: fine-tuning from EPG pre-trained encoders vs from a random one (issue #15).
 
 Paper (ImageNet-256, METHOD.md §0): DM FID 41.36 with EPG pre-training vs 59.69 from scratch; CM 33.12 vs
-diverged. Here: Fashion-MNIST 32×32, the `fmnist-tiny` preset, the same fine-tuning budget for each arm,
-FID of N EMA samples against the test split. The pre-training cost is reported so the comparison at equal
-*total* compute is visible. Every run lives in its own run directory and resumes when the script is rerun.
+diverged. Here: Fashion-MNIST 32×32, the `fmnist-tiny` preset. What is measured:
 
-    python benchmarks/pretrain_vs_scratch.py                       # everything, sequentially
-    python benchmarks/pretrain_vs_scratch.py --arms diffusion      # only some arms (e.g. one process per core)
-    python benchmarks/pretrain_vs_scratch.py --report              # (re)write the table from finished arms
+- **Dose–response.** One stage-1 run of `--pretrain-steps` (default: the demo's 250) saves the encoder at each
+  `--doses` fraction of it (0 = a random encoder = scratch). Each dose gets the k-NN probe (LN(CLS) at σ_min,
+  raw pixels beside it) and the same fine-tuning from it. The stage-1 run (seed 0) is shared by every seed.
+- **Arms** (objective, dose, seed): the fine-tuning seed is `train.seed`. Each fine-tuning run is
+  `max(--eval-steps)` steps long and evaluated at every `--eval-steps` checkpoint of that one run (so the
+  1 000-step point is step 1 000 of a 2 000-step schedule); `--stop-at N` trains no further than step N in this
+  invocation (rerun without it to continue the same run).
+- **Per evaluation:** FID of `--fid-num` EMA samples (class-balanced labels, sample seed 0) against the test split,
+  and the class accuracy of those conditional samples judged by the cached Fashion-MNIST classifier
+  (benchmarks/fmnist_classifier.py; its own test accuracy is in the table).
+- **Compute-matched scratch** (`--matched`): a scratch run with E extra steps, E = stage-1 seconds / the
+  scratch run's fine-tuning seconds per step (rounded to 50), evaluated at each eval step + E.
+
+Every run lives in its own run directory under `--work` and resumes when the script is rerun; each arm's results
+are one JSON file there, and `--report` rebuilds the table from whatever has finished.
+
+    python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 0 0.25 0.5 1 --seeds 0 --stop-at 1000
+    python benchmarks/pretrain_vs_scratch.py --doses 0 1 --seeds 1 2 --stop-at 1000
+    python benchmarks/pretrain_vs_scratch.py --matched --seeds 0
+    python benchmarks/pretrain_vs_scratch.py --report
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
+import shutil
+import signal
 import time
+from functools import reduce
 from pathlib import Path
 
 import torch
+from fmnist_classifier import class_accuracy, load_or_train
 
-from epg.engine.checkpoint import load_network
+from epg.engine.checkpoint import list_checkpoints, load_network, write_checkpoint
+from epg.engine.hooks import RunView
 from epg.engine.runlog import class_rows, save_image_grid
 from epg.engine.trainer import NonFiniteLossError, Trainer
 from epg.evaluation import eval_reference
@@ -31,113 +52,426 @@ from epg.nn import build_rcm
 from epg.presets import get_preset
 
 PAPER = {"diffusion": ("41.36", "59.69"), "consistency": ("33.12", "diverged")}
+STANDARD_DOSES = (0.25, 0.5, 0.75, 1.0)  # the stage-1 run always saves its encoder at these shares
+GRIDS = "pretrain_vs_scratch"  # sub-folder of --results for the sample grids
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%H:%M")
+
+
+def _past_deadline(args: argparse.Namespace) -> bool:
+    """Whether no new training may start (`--no-start-after HH:MM`, UTC)."""
+    if args.no_start_after and _now() >= args.no_start_after:
+        print(f"pretrain_vs_scratch: {_now()} UTC is past --no-start-after {args.no_start_after}: no new training")
+        return True
+    return False
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _newest_step(run_dir: Path) -> int:
+    found = list_checkpoints(run_dir / "checkpoints")
+    return found[0][0] if found else 0
+
+
+# ---------------------------------------------------------------- stage 1 and its doses
+def dose_steps(doses: list[float], total: int) -> dict[str, int]:
+    """Dose (as written, e.g. "0.25") → stage-1 step of its encoder (0 = random encoder)."""
+    return {_dose_key(d): round(d * total) for d in doses}
+
+
+def _dose_key(d: float) -> str:
+    return f"{d:g}"
+
+
+def _save_encoder_at(steps: set[int], folder: Path):
+    """A hook writing the online stage-1 network as a weights-only checkpoint at each of `steps`."""
+    def hook(run: RunView, step: int) -> dict:
+        if step in steps and not (folder / f"step-{step:08d}" / "manifest.json").exists():
+            state = {k: v.detach().cpu() for k, v in run.online().state_dict().items()}
+            write_checkpoint(folder / f"step-{step:08d}", run.cfg, {"model": state})
+        return {}
+    return hook
 
 
 def pretrain(args: argparse.Namespace) -> dict:
+    """The one stage-1 run with an encoder saved at every dose, and the k-NN probe of each (resumable)."""
     out = args.work / "pretrain.json"
-    if out.exists():
-        return json.loads(out.read_text())
+    info = json.loads(out.read_text()) if out.exists() else {}
+    if info and info["steps"] != args.pretrain_steps:
+        raise SystemExit(f"{out} is of a {info['steps']}-step stage 1, not {args.pretrain_steps}: use another --work")
+    wanted = dose_steps(sorted({0.0, *args.doses}), args.pretrain_steps)  # the scratch row is always probed
+    if info and all(k in info["doses"] for k in wanted):
+        return info
     cfg = get_preset(args.preset, "pretrain", {"train.steps": args.pretrain_steps, "train.knn_every": 0,
                                                "train.ckpt_every": max(args.pretrain_steps // 4, 1)})
-    torch.manual_seed(0)
+    run_dir, enc_dir = args.work / "pretrain", args.work / "pretrain-doses"
+    if not info.get("seconds"):
+        if _past_deadline(args):
+            raise SystemExit(1)
+        start = _newest_step(run_dir)
+        t0 = time.perf_counter()
+        # The encoder is saved at the standard doses too, so that a later invocation can ask for them.
+        saved = {s for s in dose_steps([*args.doses, *STANDARD_DOSES], args.pretrain_steps).values() if s > 0}
+        Trainer(cfg, run_dir).fit([_save_encoder_at(saved, enc_dir)])
+        seconds = time.perf_counter() - t0
+        if start > 0:
+            print(f"pretrain_vs_scratch: stage 1 resumed at step {start}; its seconds cover only the rest")
+        info = {"steps": args.pretrain_steps, "images": args.pretrain_steps * cfg.train.global_batch,
+                "batch": cfg.train.global_batch, "seed": cfg.train.seed, "seconds": round(seconds, 1),
+                "resumed_at": start, "s_per_step": round(seconds / max(args.pretrain_steps - start, 1), 3),
+                "threads": torch.get_num_threads(), "doses": {}}
     probe = KnnProbe(cfg)
-    knn_random = probe.encoder(build_rcm(cfg.model))
-    t0 = time.perf_counter()
-    result = Trainer(cfg, args.work / "pretrain").fit()
-    seconds = time.perf_counter() - t0
-    encoder, _, _ = load_network(result.checkpoint)
-    info = {"steps": args.pretrain_steps, "images": args.pretrain_steps * cfg.train.global_batch,
-            "seconds": round(seconds, 1), "knn_random": knn_random, "knn_pretrained": probe.encoder(encoder),
-            "checkpoint": str(result.checkpoint)}
-    out.write_text(json.dumps(info, indent=2))
+    info["knn_pixels"] = probe.pixels()
+    info["knn_split"] = f"{len(probe.ytr)} train / {len(probe.yte)} test, 20-NN cosine"
+    for key, step in wanted.items():
+        if key in info["doses"]:
+            continue
+        if step == 0:
+            torch.manual_seed(0)
+            net, ckpt = build_rcm(cfg.model), ""
+        else:
+            if not (enc_dir / f"step-{step:08d}").is_dir():
+                raise SystemExit(f"no stage-1 encoder was saved at step {step} (dose {key}): the stage-1 run saved "
+                                 f"{sorted(p.name for p in enc_dir.glob('step-*'))}")
+            net, _, path = load_network(enc_dir / f"step-{step:08d}")
+            ckpt = str(path)
+        info["doses"][key] = {"stage1_steps": step, "checkpoint": ckpt, "knn": probe.encoder(net),
+                              "stage1_seconds": round(info["s_per_step"] * step, 1)}
+        print(f"pretrain_vs_scratch: dose {key} (stage-1 step {step}): k-NN {info['doses'][key]['knn']:.3f} "
+              f"(raw pixels {info['knn_pixels']:.3f})", flush=True)
+    _write(out, info)
     return info
 
 
-def finetune_arm(args: argparse.Namespace, objective: str, init: str, pre: dict) -> dict:
-    name = f"{objective}-{init}"
-    out = args.work / f"{name}.json"
-    if out.exists():
-        return json.loads(out.read_text())
-    over = {"train.steps": args.finetune_steps, "train.ckpt_every": max(args.finetune_steps // 4, 1),
-            "train.log_every": 25, "train.init_from": pre["checkpoint"] if init == "pretrained" else ""}
-    cfg = get_preset(args.preset, objective, over)
+# ---------------------------------------------------------------- fine-tuning arms
+def _stop_at(until: int):
+    """A hook that asks the Trainer to stop at step `until` (its SIGTERM path: it checkpoints that step and
+    returns; a rerun resumes). The request is read at the start of the next step, hence `until − 1`."""
+    def hook(run: RunView, step: int) -> dict:
+        if step == until - 1:
+            signal.raise_signal(signal.SIGTERM)
+        return {}
+    return hook
+
+
+def arm_name(objective: str, dose: str, seed: int, matched: bool = False) -> str:
+    return f"{objective}-{'matched-scratch' if matched else 'dose' + dose}-seed{seed}"
+
+
+def _train(args: argparse.Namespace, info: dict, cfg, run_dir: Path, points: list[int]) -> None:
+    """Train `run_dir` up to `--stop-at` (or its end), timing each invocation into info["segments"]."""
+    steps = cfg.train.steps
+    until = min(args.stop_at, steps) if args.stop_at else steps
+    start = _newest_step(run_dir)
+    if start >= until or info.get("status") == "diverged" or _past_deadline(args):
+        return
     t0 = time.perf_counter()
-    info: dict = {"objective": objective, "init": init, "steps": args.finetune_steps}
+    hooks = [_stop_at(until)] if until < steps else []
     try:
-        result = Trainer(cfg, args.work / name).fit()
-        ckpt = result.checkpoint
+        result = Trainer(cfg, run_dir).fit(hooks)
+        reached = result.step
     except NonFiniteLossError as e:
         info.update(status="diverged", detail=str(e))
-        ckpt = None
-    info["seconds"] = round(time.perf_counter() - t0, 1)
-    log = [json.loads(line) for line in (args.work / name / "log.jsonl").read_text().splitlines() if line]
-    info["final_loss"] = log[-1]["loss"] if log else math.nan
-    if ckpt is not None:
-        net, cfg, _ = load_network(ckpt)
-        t1 = time.perf_counter()
-        images, labels, nfe = generate(net, cfg, range(args.fid_num), args.fid_num, seed=0, batch_size=250)
-        info["sample_seconds"] = round(time.perf_counter() - t1, 1)
-        order = class_rows(labels, 10)  # one row per class
-        grid = args.results / f"pretrain_vs_scratch_{name}.png"
-        save_image_grid(images[order], grid, cols=10, scale=3)
-        fid = fid_against(images, eval_reference(cfg), num_ref=args.fid_num)
-        info.update(status="ok" if math.isfinite(fid) else "diverged", fid=fid, nfe=nfe, grid=grid.name)
-    out.write_text(json.dumps(info, indent=2))
+        reached = _newest_step(run_dir)
+    seconds = time.perf_counter() - t0
+    info.setdefault("segments", []).append({"from": start, "to": reached, "seconds": round(seconds, 1)})
+    # Keep the evaluation checkpoints and the newest (to resume from); the rest were only for resuming.
+    found = list_checkpoints(run_dir / "checkpoints")
+    for i, (step, path) in enumerate(found):
+        if i > 0 and step not in points:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def evaluate(args: argparse.Namespace, cfg_net_path: Path, name: str, step: int, judge) -> dict:
+    """FID and class accuracy of `--fid-num` EMA samples of one checkpoint; its grid (a row per class)."""
+    net, cfg, _ = load_network(cfg_net_path)
+    t0 = time.perf_counter()
+    images, labels, nfe = generate(net, cfg, range(args.fid_num), args.fid_num, seed=0, batch_size=250)
+    sample_s = time.perf_counter() - t0
+    grid = args.results / GRIDS / f"{name}-step{step}.png"
+    save_image_grid(images[class_rows(labels, 10)], grid, cols=10, scale=3)
+    t1 = time.perf_counter()
+    fid = fid_against(images, eval_reference(cfg), num_ref=args.fid_num)
+    acc = class_accuracy(judge, images, labels)
+    return {"fid": fid, "class_acc": acc, "nfe": nfe, "sample_seconds": round(sample_s, 1),
+            "fid_seconds": round(time.perf_counter() - t1, 1), "grid": f"{GRIDS}/{grid.name}",
+            "status": "ok" if math.isfinite(fid) else "diverged"}
+
+
+def finetune_arm(args: argparse.Namespace, objective: str, dose: str, seed: int, pre: dict, judge,
+                 matched: bool = False) -> dict | None:
+    name = arm_name(objective, dose, seed, matched)
+    out, run_dir = args.work / f"{name}.json", args.work / name
+    info = json.loads(out.read_text()) if out.exists() else {
+        "objective": objective, "dose": dose, "seed": seed, "matched": matched, "evals": {}}
+    if matched and "extra_steps" not in info:
+        ref = args.work / f"{arm_name(objective, '0', seed)}.json"
+        base = json.loads(ref.read_text()) if ref.exists() else {}
+        segs = base.get("segments", [])
+        if not segs:
+            print(f"pretrain_vs_scratch: {name} needs the timing of {ref.name} first: skipped")
+            return None
+        s_per_step = sum(s["seconds"] for s in segs) / max(sum(s["to"] - s["from"] for s in segs), 1)
+        info.update(scratch_s_per_step=round(s_per_step, 3), stage1_seconds=pre["seconds"],
+                    extra_steps=int(round(pre["seconds"] / s_per_step / 50) * 50))
+    extra = info.get("extra_steps", 0)
+    points = [e + extra for e in args.eval_steps]
+    gcd = reduce(math.gcd, points)
+    init = pre["doses"][dose]["checkpoint"] if not matched else ""
+    cfg = get_preset(args.preset, objective, {
+        "train.steps": max(points), "train.seed": seed, "train.init_from": init, "train.log_every": 25,
+        "train.ckpt_every": gcd, "train.keep_every": gcd, "train.keep_last": 1})
+    info.update(steps=cfg.train.steps, eval_points=points, init_from=init)
+    _train(args, info, cfg, run_dir, points)
+    if not run_dir.exists():  # nothing started (past the deadline): leave no empty arm behind
+        return None
+    _write(out, info)
+    have = {step: path for step, path in list_checkpoints(run_dir / "checkpoints")}
+    for point in points:
+        if str(point) in info["evals"] or point not in have:
+            continue
+        print(f"pretrain_vs_scratch: {name}: evaluating step {point}", flush=True)
+        info["evals"][str(point)] = evaluate(args, have[point], name, point, judge)
+        print(f"pretrain_vs_scratch: {name} step {point}: FID {info['evals'][str(point)]['fid']:.2f}, "
+              f"class accuracy {info['evals'][str(point)]['class_acc']:.3f}", flush=True)
+        _write(out, info)
     return info
+
+
+# ---------------------------------------------------------------- the report
+def _stats(values: list[float], fmt: str) -> str:
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:{fmt}} (1 seed)"
+    return f"{mean:{fmt}} [{min(values):{fmt}}–{max(values):{fmt}}] ({len(values)} seeds)"
+
+
+def _train_seconds(arm: dict, upto: int) -> float | None:
+    """Fine-tuning seconds to reach step `upto`, from the invocations' timing (s/step × steps)."""
+    segs = arm.get("segments", [])
+    steps = sum(s["to"] - s["from"] for s in segs)
+    return sum(s["seconds"] for s in segs) / steps * upto if steps else None
+
+
+def _collect(args: argparse.Namespace) -> list[dict]:
+    arms = []
+    for path in sorted(args.work.glob("*-seed*.json")):
+        arms.append(json.loads(path.read_text()))
+    return arms
+
+
+def _values(arms: list[dict], objective: str, dose: str, matched: bool, e: int, key: str) -> list[float]:
+    out = []
+    for a in arms:
+        if a["objective"] == objective and a["dose"] == dose and a.get("matched", False) == matched:
+            ev = a["evals"].get(str(e + a.get("extra_steps", 0)))
+            if ev and ev["status"] == "ok":
+                out.append(ev[key])
+    return out
 
 
 def report(args: argparse.Namespace) -> None:
     pre = json.loads((args.work / "pretrain.json").read_text())
-    rows = []
+    arms = _collect(args)
+    judge_meta = load_or_train(verbose=False)[1]
+    doses = sorted(pre["doses"], key=float)
+    eval_steps = sorted({int(e) - a.get("extra_steps", 0) for a in arms for e in a["evals"]})
+    L = [f"# Pre-trained vs scratch, with a dose–response ({args.preset}, Fashion-MNIST 32×32, CPU)", "",
+         "Made by `benchmarks/pretrain_vs_scratch.py` (issue #15, build item 4); every number below is from runs "
+         "of this script, and the seed count is written beside each.", "",
+         "## Stage 1 (one run, seed 0, shared by every fine-tuning seed)", "",
+         f"{pre['steps']} steps × batch {pre['batch']} ({pre['images']} images, "
+         f"{pre['images'] / 60000:.2f} epochs), {pre['seconds']:.0f} s ({pre['s_per_step']:.2f} s/step on "
+         f"{pre['threads']} thread(s)). k-NN probe: LN(CLS) at σ_min, "
+         f"{pre['knn_split']}; raw pixels on the same probe: **{pre['knn_pixels']:.3f}**.", ""]
     for objective in ("diffusion", "consistency"):
-        for init in ("pretrained", "scratch"):
-            path = args.work / f"{objective}-{init}.json"
-            if path.exists():
-                rows.append(json.loads(path.read_text()))
-    lines = [f"# Pre-trained vs scratch ({args.preset}, Fashion-MNIST 32×32, CPU)", "",
-             f"Stage-1 pre-training: {pre['steps']} steps ({pre['images']} images), {pre['seconds']:.0f} s; "
-             f"k-NN accuracy of LN(CLS) at σ_min: random encoder {pre['knn_random']:.3f} → "
-             f"pre-trained {pre['knn_pretrained']:.3f}.", "",
-             f"| objective | encoder init | fine-tune steps | fine-tune s | total s (incl. pre-training) | NFE | "
-             f"FID ({args.fid_num} vs test) | paper (IN-256) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        total = r["seconds"] + (pre["seconds"] if r["init"] == "pretrained" else 0)
-        fid = f"{r['fid']:.2f}" if r.get("status") == "ok" else r.get("status", "?")
-        paper = PAPER[r["objective"]][0 if r["init"] == "pretrained" else 1]
-        lines.append(f"| {r['objective']} | {r['init']} | {r['steps']} | {r['seconds']:.0f} | {total:.0f} | "
-                     f"{r.get('nfe', '-')} | {fid} | {paper} |")
-    lines += ["", "Read with: the consistency arm from scratch has no stage-1 network, so it trains without the "
-              "auxiliary InfoNCE term (METHOD.md §5) and costs less per step; the stage-1 row is reused from an "
-              "earlier run when `pretrain.json` exists (its seconds are from that run); FID on 1 000 samples has "
-              "a large bias and differences of a few points are noise."]
-    table = "\n".join(lines) + "\n"
+        if not any(a["objective"] == objective for a in arms):
+            continue
+        L += [f"## {objective}: dose–response", "",
+              "Dose = share of the stage-1 run the encoder was taken from (0 = random encoder = scratch); the "
+              "same fine-tuning from each. FID of "
+              f"{args.fid_num} EMA samples vs the test split; class accuracy = share of the conditional samples "
+              f"the classifier assigns to their label. Mean [min–max] over seeds.", "",
+              "| dose | stage-1 steps | stage-1 s | k-NN (pixels " + f"{pre['knn_pixels']:.3f})" + " | "
+              + " | ".join(f"FID @ {e} | class acc @ {e}" for e in eval_steps) + " |",
+              "|---|---|---|---|" + "---|---|" * len(eval_steps)]
+        for d in doses:
+            info = pre["doses"][d]
+            cells = []
+            for e in eval_steps:
+                cells += [_stats(_values(arms, objective, d, False, e, "fid"), ".1f"),
+                          _stats(_values(arms, objective, d, False, e, "class_acc"), ".3f")]
+            L.append(f"| {d} | {info['stage1_steps']} | {info['stage1_seconds']:.0f} | {info['knn']:.3f} | "
+                     + " | ".join(cells) + " |")
+        for a in arms:
+            if a["objective"] == objective and a.get("matched") and a["evals"]:
+                cells = []
+                for e in eval_steps:
+                    cells += [_stats(_values(arms, objective, "0", True, e, "fid"), ".1f"),
+                              _stats(_values(arms, objective, "0", True, e, "class_acc"), ".3f")]
+                L.append(f"| 0, compute-matched (+{a['extra_steps']} steps) | 0 | – | {pre['doses']['0']['knn']:.3f} "
+                         f"| " + " | ".join(cells) + " |")
+                break
+        L += [""]
+        L += _verdict(arms, objective, eval_steps, doses)
+    L += _matched_text(arms)
+    L += ["## Every evaluation", "",
+          "| run | init | eval step | FID | class acc | NFE | fine-tune s to this step | sampling s | FID s | grid |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in sorted(arms, key=lambda a: (a["objective"], a.get("matched", False), float(a["dose"]), a["seed"])):
+        name = arm_name(a["objective"], a["dose"], a["seed"], a.get("matched", False))
+        init = "random" if not a.get("init_from") else f"stage-1 step {pre['doses'][a['dose']]['stage1_steps']}"
+        for e, ev in sorted(a["evals"].items(), key=lambda kv: int(kv[0])):
+            ts = _train_seconds(a, int(e))
+            L.append(f"| {name} | {init} | {e} of {a['steps']} | {ev['fid']:.2f} | {ev['class_acc']:.3f} | "
+                     f"{ev['nfe']} | {'–' if ts is None else f'{ts:.0f}'} | {ev['sample_seconds']:.0f} | "
+                     f"{ev['fid_seconds']:.0f} | [png]({ev['grid']}) |")
+        if a.get("status") == "diverged":
+            L.append(f"| {name} | {init} | – | diverged: {a.get('detail', '')[:80]} | | | | | | |")
+    L += ["", f"Class-accuracy judge: benchmarks/fmnist_classifier.py, test accuracy "
+          f"{judge_meta['test_accuracy']:.4f} on the 10 000 test images (settings {judge_meta['settings']}).", "",
+          "Paper (ImageNet-256, METHOD.md §0), for reference only (another data set, model size and budget): "
+          f"diffusion FID {PAPER['diffusion'][0]} pre-trained vs {PAPER['diffusion'][1]} from scratch; "
+          f"1-step consistency {PAPER['consistency'][0]} vs {PAPER['consistency'][1]}.", ""]
+    L += _missing(arms, pre)
+    L += READ_WITH
+    L += EARLIER
+    table = "\n".join(L) + "\n"
     (args.results / "pretrain_vs_scratch.md").write_text(table)
-    (args.results / "pretrain_vs_scratch.json").write_text(json.dumps({"pretrain": pre, "arms": rows}, indent=2))
+    _write(args.results / "pretrain_vs_scratch.json",
+           {"pretrain": pre, "classifier": judge_meta, "arms": arms})
     print(table)
+
+
+def _verdict(arms: list[dict], objective: str, eval_steps: list[int], doses: list[str]) -> list[str]:
+    """Full pre-training (the largest dose) vs scratch (dose 0) against the issue's bar: ≥ 25 % lower FID with
+    the seed ranges apart."""
+    top = doses[-1]
+    out = []
+    for e in eval_steps:
+        pre_f, scr_f = _values(arms, objective, top, False, e, "fid"), _values(arms, objective, "0", False, e, "fid")
+        pre_a, scr_a = (_values(arms, objective, top, False, e, "class_acc"),
+                        _values(arms, objective, "0", False, e, "class_acc"))
+        if not pre_f or not scr_f:
+            continue
+        mp, ms = sum(pre_f) / len(pre_f), sum(scr_f) / len(scr_f)
+        apart = max(pre_f) < min(scr_f) or min(pre_f) > max(scr_f)
+        ranges = (f"seed ranges {'apart' if apart else 'overlapping'}" if min(len(pre_f), len(scr_f)) > 1
+                  else "no range (one seed on a side)")
+        out.append(f"- @ {e} steps, dose {top} vs 0: mean FID {mp:.1f} vs {ms:.1f} "
+                   f"({100 * (mp - ms) / ms:+.1f} %; issue bar: ≤ −25 %), {ranges}, {len(pre_f)} vs "
+                   f"{len(scr_f)} seeds; class accuracy {sum(pre_a) / len(pre_a):.3f} vs "
+                   f"{sum(scr_a) / len(scr_a):.3f}.")
+    return out + [""] if out else []
+
+
+def _matched_text(arms: list[dict]) -> list[str]:
+    out = []
+    for a in arms:
+        if a.get("matched"):
+            out.append(f"Compute-matched scratch ({a['objective']}, seed {a['seed']}): stage 1 took "
+                       f"{a['stage1_seconds']:.0f} s and the scratch run fine-tunes at {a['scratch_s_per_step']:.3f} "
+                       f"s/step, so {a['stage1_seconds']:.0f} / {a['scratch_s_per_step']:.3f} = "
+                       f"{a['stage1_seconds'] / a['scratch_s_per_step']:.0f} ≈ {a['extra_steps']} extra steps "
+                       f"(rounded to 50); its run is {a['steps']} steps, evaluated at {a['eval_points']}."
+                       + ("" if a["evals"] else " (not evaluated yet)"))
+    return out + [""] if out else []
+
+
+def _missing(arms: list[dict], pre: dict) -> list[str]:
+    """What the full design (both objectives × every dose × seeds 0–2 × 1 000 and 2 000 steps, plus the
+    compute-matched arm) still lacks."""
+    done = {(a["objective"], a["dose"], a["seed"], int(e) - a.get("extra_steps", 0)) for a in arms
+            if not a.get("matched") for e in a["evals"]}
+    lines = []
+    for objective in ("diffusion", "consistency"):
+        for e in (1000, 2000):
+            todo = [f"dose {d} seed {s}" for d in sorted(pre["doses"], key=float) for s in (0, 1, 2)
+                    if (objective, d, s, e) not in done]
+            if todo:
+                lines.append(f"- {objective} @ {e}: {len(todo)} of {3 * len(pre['doses'])} not evaluated"
+                             + (f" ({', '.join(todo)})" if len(todo) < 3 * len(pre["doses"]) else " (none run)"))
+    if not any(a.get("matched") and a["evals"] for a in arms):
+        lines.append("- the compute-matched scratch arm: not run")
+    return ["## Not run yet", "", *lines, ""] if lines else []
+
+
+READ_WITH = [
+    "## Read with", "",
+    "- One stage-1 run (seed 0) serves every seed: the seed ranges are those of fine-tuning (its data order, "
+    "noise and initial decoder), not of pre-training. The dose-0 encoder of the k-NN column is a random init "
+    "(torch seed 0), not the very one the scratch runs start from (those are drawn by each run's seed).",
+    "- The 1 000-step evaluation is step 1 000 of a 2 000-step schedule (warm-up, cosine decay and EMA as the "
+    "demo's 2 000-step fine-tuning), not the end of a 1 000-step run.",
+    "- FID on 1 000 samples against 1 000 test images is biased upwards (issue #15 quotes ≈ 23 for real vs real "
+    "on this split; not re-measured here) and differences of a few points are noise. Class accuracy is the "
+    "classifier's verdict, and the classifier itself errs on about one real test image in eleven (its test "
+    "accuracy is above).",
+    "- A seed count is written beside every mean; a mean of one seed has no spread, and the issue's bar "
+    "(≥ 25 % lower FID with the 3-seed ranges apart) can only be judged where both sides have 3 seeds.",
+    "- Seconds are wall-clock on a 2-core machine with one thread per run; another job used the other core for "
+    "part of the time (in the 2026-12-01 runs at least during stage 1 and the dose-0 fine-tuning; dose 0.5 and "
+    "0.25 ran 1.3–1.7× faster per step, presumably after it ended), so seconds are not comparable between "
+    "runs. The stage-1 seconds of a dose are its share of the run's s/step.",
+    "- The consistency arm from scratch has no stage-1 network, so it trains without the auxiliary InfoNCE term "
+    "(METHOD.md §5) and costs less per step.",
+    "",
+]
+
+# The table of the first version of this benchmark (one seed, one evaluation at the end of a 1 000-step run,
+# a 300-step stage 1 of an older stage-1 recipe), kept for reference: not comparable with the tables above.
+EARLIER = [
+    "## Earlier run (first version of this benchmark; one seed; not comparable with the tables above)", "",
+    "Stage 1: 300 steps (38 400 images), 1 110 s; k-NN random 0.537 → pre-trained 0.624. Fine-tuning runs of "
+    "1 000 steps, evaluated at their end; grids `pretrain_vs_scratch_<objective>-<init>.png`.", "",
+    "| objective | encoder init | fine-tune steps | fine-tune s | NFE | FID (1000 vs test) | paper (IN-256) |",
+    "|---|---|---|---|---|---|---|",
+    "| diffusion | pretrained | 1000 | 360 | 75 | 207.41 | 41.36 |",
+    "| diffusion | scratch | 1000 | 328 | 75 | 192.95 | 59.69 |",
+    "| consistency | pretrained | 1000 | 1531 | 1 | 239.25 | 33.12 |",
+    "| consistency | scratch | 1000 | 1188 | 1 | 219.06 | diverged |",
+]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="fmnist-tiny")
-    p.add_argument("--pretrain-steps", type=int, default=300)
-    p.add_argument("--finetune-steps", type=int, default=1000)
+    p.add_argument("--pretrain-steps", type=int, default=250, help="the full stage-1 budget (the demo's: 250)")
+    p.add_argument("--doses", type=float, nargs="*", default=[0, 0.25, 0.5, 1],
+                   help="shares of the stage-1 run to fine-tune from (0 = random encoder = scratch)")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="fine-tuning seeds (train.seed)")
+    p.add_argument("--eval-steps", type=int, nargs="*", default=[1000, 2000],
+                   help="fine-tuning steps to evaluate at (checkpoints of one run of max(eval-steps) steps)")
+    p.add_argument("--stop-at", type=int, default=0, help="train no run past this step now (0 = to its end)")
+    p.add_argument("--objectives", nargs="*", default=["diffusion", "consistency"])
+    p.add_argument("--matched", action="store_true",
+                   help="only the compute-matched scratch arm (per objective and seed; needs dose 0 timed)")
     p.add_argument("--fid-num", type=int, default=1000)
-    p.add_argument("--arms", nargs="*", default=["diffusion", "consistency"],
-                   help="objectives to run (each with a pre-trained and a random encoder)")
-    p.add_argument("--inits", nargs="*", default=["pretrained", "scratch"],
-                   help="encoder initialisations to run (split arms over processes; never run one arm twice at once)")
-    p.add_argument("--work", type=Path, default=Path("runs/pretrain_vs_scratch"))
+    p.add_argument("--no-start-after", default="", help="HH:MM UTC after which no training run starts")
+    p.add_argument("--work", type=Path, default=Path("runs/pretrain_vs_scratch_v2"))
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--report", action="store_true", help="only write the table from finished arms")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / GRIDS).mkdir(parents=True, exist_ok=True)
     if not args.report:
+        judge, _ = load_or_train()
         pre = pretrain(args)
-        for objective in args.arms:
-            for init in args.inits:
-                finetune_arm(args, objective, init, pre)
+        for seed in args.seeds:
+            for objective in args.objectives:
+                if args.matched:
+                    finetune_arm(args, objective, "0", seed, pre, judge, matched=True)
+                    continue
+                for d in args.doses:
+                    finetune_arm(args, objective, _dose_key(d), seed, pre, judge)
     report(args)
 
 
