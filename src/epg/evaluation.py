@@ -38,7 +38,6 @@ def sample_grid_hook(run: RunView, step: int) -> dict:
 def fid_hook(run: RunView, step: int) -> dict:
     """FID of `train.fid_num` EMA samples; each process makes and embeds its share (METHOD.md §7)."""
     from epg.metrics import feature_statistics, frechet_distance, load_inception, reference_statistics
-    from epg.metrics.reference import DEFAULT_BATCH_SIZE
 
     cfg, env = run.cfg, run.env
     n = cfg.train.fid_num
@@ -46,7 +45,7 @@ def fid_hook(run: RunView, step: int) -> dict:
     images, _, _ = generate(run.eval_network(), cfg, share, n, seed=cfg.sample.seed, batch_size=128,
                             progress=env.is_main)
     network = load_inception()
-    feats = network.extract(images.split(DEFAULT_BATCH_SIZE), len(images), desc="FID").pool
+    feats = network.extract(images.split(50), len(images), desc="FID").pool
     feats = gather_cat(torch.from_numpy(np.ascontiguousarray(feats)).to(env.device)).cpu().double().numpy()
     fid = float("nan")
     if env.is_main:

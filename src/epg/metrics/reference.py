@@ -16,9 +16,7 @@ from epg.metrics.fid import feature_statistics
 from epg.metrics.inception import FIDInception, load_inception
 from epg.metrics.sources import ImageSource, npz_members, open_images
 
-# Images per Inception forward: on 2 CPU threads 96 embedded 1.15× as many images per second as 32 and 1.5× as
-# many as 16 (benchmarks/results/fid_speed.md, a loaded machine); the features do not depend on it.
-DEFAULT_BATCH_SIZE = 96
+DEFAULT_BATCH_SIZE = 32
 _STATS = ("mu", "sigma", "mu_s", "sigma_s")
 
 
