@@ -67,14 +67,13 @@ SAMPLERS: dict[str, Callable[[_Run, torch.Tensor, torch.Tensor | None], SampleRe
 }
 
 
-def evaluation_labels(cfg: Config, num: int, seed: int, class_counts: Sequence[int] | None = None,
-                      ) -> torch.Tensor | None:
+def evaluation_labels(cfg: Config, num: int, seed: int) -> torch.Tensor | None:
     """Labels for `num` samples: class-balanced by default, or by class frequency (METHOD.md §6)."""
     k = cfg.model.num_classes
     if k == 0:
         return None
     if cfg.sample.labels == "frequency":
-        return frequency_labels(num, class_counts if class_counts is not None else [1] * k, seed)
+        return frequency_labels(num, [1] * k, seed)
     return balanced_labels(num, k, seed)
 
 

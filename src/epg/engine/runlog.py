@@ -17,11 +17,10 @@ from tqdm import tqdm
 from epg.atomic import atomic_write
 
 
-def image_grid(images: torch.Tensor, cols: int | None = None, gap: int = 0, scale: int = 1,
-               gap_value: int = 255) -> Image.Image:
+def image_grid(images: torch.Tensor, cols: int | None = None, gap: int = 0, scale: int = 1) -> Image.Image:
     """uint8 NCHW images → one PIL image tiled in a near-square grid (grey for 1 channel).
 
-    Each tile is upscaled `scale`× (nearest neighbour); `gap` pixels of `gap_value` separate the tiles.
+    Each tile is upscaled `scale`× (nearest neighbour); `gap` white pixels separate the tiles.
     """
     n, c, h, w = images.shape
     cols = cols or math.ceil(math.sqrt(n))
@@ -30,7 +29,7 @@ def image_grid(images: torch.Tensor, cols: int | None = None, gap: int = 0, scal
     if scale > 1:
         arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
         h, w = h * scale, w * scale
-    grid = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, c), gap_value if gap else 0, dtype=np.uint8)
+    grid = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, c), 255 if gap else 0, dtype=np.uint8)
     for i in range(n):
         r, q = divmod(i, cols)
         grid[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = arr[i]

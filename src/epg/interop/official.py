@@ -38,7 +38,6 @@ _RULES: tuple[tuple[str, str], ...] = (
 # Wrappers that training code sometimes leaves on every key (DDP, torch.compile).
 _PREFIXES = ("module.", "_orig_mod.")
 GENERATOR_FILES = ("nnet.pth", "nnet_ema.pth")
-STAGE1_FILES = ("nnet.pth", "target_model.pth")
 
 
 def _compile(template: str) -> re.Pattern[str]:

@@ -18,11 +18,6 @@ class Compute:
         return self.linear_macs / 1e9
 
     @property
-    def train_flops(self) -> float:
-        """Real FLOPs of forward + backward: 2 × all MACs × 3."""
-        return 6.0 * (self.linear_macs + self.attention_macs)
-
-    @property
     def forward_flops(self) -> float:
         """Real FLOPs of one forward pass: 2 × all MACs."""
         return 2.0 * (self.linear_macs + self.attention_macs)
