@@ -325,7 +325,7 @@ def _check_device(device: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Reject values that cannot work, naming the key: the one validation layer for config values."""
-    flat = {path: getattr(owner, f.name) for path, (owner, f) in _leaf_paths(cfg).items()}
+    flat = all_keys(cfg)
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{key} = {flat[key]!r} is not one of {', '.join(choices)}")
