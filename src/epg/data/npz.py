@@ -6,6 +6,7 @@ import os
 import struct
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -13,6 +14,14 @@ from .base import ImageDataset, check_resolution
 from .errors import DataError
 
 _LOCAL_HEADER_SIZE = 30  # fixed part of a zip local file header; name and extra-field lengths end it
+
+
+def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from the header of an open `.npy` stream, which is left at the data."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    return np.lib.format.read_array_header_2_0(stream)
 
 
 def _member_header(path: Path, member: str) -> tuple[tuple[int, ...], np.dtype, bool, int | None]:
@@ -23,11 +32,7 @@ def _member_header(path: Path, member: str) -> tuple[tuple[int, ...], np.dtype, 
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(member)
         with archive.open(info) as stream:
-            version = np.lib.format.read_magic(stream)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, fortran, dtype = read_npy_header(stream)
             header_length = stream.tell()
     offset = None
     if info.compress_type == zipfile.ZIP_STORED:

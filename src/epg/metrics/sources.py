@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from epg.data.images import DecodeFailure, decode_rgb, is_image_file
+from epg.data.npz import read_npy_header
 from epg.metrics.errors import MetricsError
 
 _NPZ_HINT = "save samples as np.savez(path, arr_0=images) with uint8 N×H×W×C images, C = 1 or 3"
@@ -99,7 +100,7 @@ class NpzImages(ImageSource):
             raise MetricsError(f"{path} has no arr_0 (the ADM key for the images): {_NPZ_HINT}")
         try:
             with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as stream:
-                shape, fortran, dtype = self._header(stream)
+                shape, fortran, dtype = read_npy_header(stream)
         except (OSError, ValueError, zipfile.BadZipFile, zlib.error) as error:
             raise MetricsError(f"{path}: arr_0 is not a readable array ({error}): {_NPZ_HINT}") from error
         _check_images(shape, dtype, f"{path} (arr_0)")
@@ -109,13 +110,6 @@ class NpzImages(ImageSource):
         self.path = path
         self.shape = shape
 
-    @staticmethod
-    def _header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(stream)
-        return np.lib.format.read_array_header_2_0(stream)
-
     def identity(self) -> str:
         return "npz:" + _file_identity(self.path)
 
@@ -123,7 +117,7 @@ class NpzImages(ImageSource):
         image_bytes = int(np.prod(self.shape[1:]))
         try:
             with zipfile.ZipFile(self.path) as archive, archive.open("arr_0.npy") as stream:
-                self._header(stream)
+                read_npy_header(stream)
                 for start in range(0, self.count, batch_size):
                     n = min(batch_size, self.count - start)
                     data = bytearray(stream.read(n * image_bytes))
