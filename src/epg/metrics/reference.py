@@ -43,10 +43,7 @@ def cache_file(source: ImageSource, network: FIDInception, cache_dir: str | os.P
     """The cache entry for these reference images, this image count and this network file (METHOD.md §7)."""
     key = hashlib.sha256(f"{source.identity()}|{source.count}|{network.sha256}".encode()).hexdigest()[:16]
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.name).name)[:48]
-    return (
-        Path(cache_dir if cache_dir is not None else default_cache_dir())
-        / f"{readable}-n{source.count}-{key}.npz"
-    )
+    return Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{readable}-n{source.count}-{key}.npz"
 
 
 def read_statistics(path: Path, num_ref: int | None = None) -> ReferenceStats:
@@ -55,20 +52,14 @@ def read_statistics(path: Path, num_ref: int | None = None) -> ReferenceStats:
         with np.load(path) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise MetricsError(
-            f"{path} is not a readable statistics .npz ({error}); delete it to recompute"
-        ) from error
+        raise MetricsError(f"{path} is not a readable statistics .npz ({error}); delete it to recompute") from error
     if "mu" not in arrays or "sigma" not in arrays:
         raise MetricsError(f"{path} has no 'mu'/'sigma' statistics")
     count = int(arrays["count"]) if "count" in arrays else None
     if num_ref is not None and count != num_ref:
-        raise MetricsError(
-            f"{path} holds statistics of {count if count is not None else 'an unrecorded number of'} images, "
-            f"not {num_ref}: drop --num-ref or pass the images themselves"
-        )
-    return ReferenceStats(
-        **{name: arrays.get(name) for name in (*_STATS, "features")}, count=count, path=path
-    )
+        raise MetricsError(f"{path} holds statistics of {count if count is not None else 'an unrecorded number of'} "
+                           f"images, not {num_ref}: drop --num-ref or pass the images themselves")
+    return ReferenceStats(**{name: arrays.get(name) for name in (*_STATS, "features")}, count=count, path=path)
 
 
 def _write_statistics(path: Path, stats: ReferenceStats, identity: str, network: FIDInception) -> None:
@@ -76,9 +67,7 @@ def _write_statistics(path: Path, stats: ReferenceStats, identity: str, network:
     arrays = {name: getattr(stats, name) for name in (*_STATS, "features")}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temporary, "wb") as handle:
-        np.savez(
-            handle, **arrays, count=np.int64(stats.count), reference=identity, inception_sha256=network.sha256
-        )
+        np.savez(handle, **arrays, count=np.int64(stats.count), reference=identity, inception_sha256=network.sha256)
     # A crash mid-write must not leave a truncated file that later reads as a cache hit.
     os.replace(temporary, path)
 
@@ -93,14 +82,9 @@ def _adm_precomputed(path: Path) -> dict[str, np.ndarray]:
         return {name: data[name] for name in wanted}
 
 
-def reference_statistics(
-    ref: str | os.PathLike[str],
-    num_ref: int | None = None,
-    network: FIDInception | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    need_features: bool = True,
-) -> ReferenceStats:
+def reference_statistics(ref: str | os.PathLike[str], num_ref: int | None = None, network: FIDInception | None = None,
+                         cache_dir: str | os.PathLike[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                         need_features: bool = True) -> ReferenceStats:
     """Statistics of REF (ADM/sample `.npz`, stats `.npz`, image folder, dataset name), cached (§7).
 
     With need_features=False (FID only) an ADM batch's shipped mu/sigma answer without running the network.
@@ -111,10 +95,9 @@ def reference_statistics(
         if "arr_0" not in npz_members(path):
             if {"mu", "sigma"} <= set(npz_members(path)):
                 return read_statistics(path, num_ref)
-            raise MetricsError(
-                f"{path} has neither arr_0 (uint8 N×H×W×C reference images) nor mu/sigma statistics: "
-                f"pass an ADM reference batch, a sample .npz, a stats .npz, an image folder or a dataset name"
-            )
+            raise MetricsError(f"{path} has neither arr_0 (uint8 N×H×W×C reference images) nor mu/sigma statistics: "
+                               "pass an ADM reference batch, a sample .npz, a stats .npz, an image folder or a dataset "
+                               "name")
         precomputed = _adm_precomputed(path)
     source = open_images(ref, "reference")
     if num_ref is not None and num_ref != source.count:

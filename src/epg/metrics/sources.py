@@ -25,14 +25,10 @@ def _check_images(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
     if dtype != np.uint8:
         raise MetricsError(f"{where} holds {dtype} values, not uint8 pixels: {_NPZ_HINT}")
     if len(shape) != 4:
-        raise MetricsError(
-            f"{where} has shape {tuple(shape)}, not the 4-D N×H×W×C of ADM batches: {_NPZ_HINT}"
-        )
+        raise MetricsError(f"{where} has shape {tuple(shape)}, not the 4-D N×H×W×C of ADM batches: {_NPZ_HINT}")
     if shape[3] not in (1, 3):
-        raise MetricsError(
-            f"{where} has shape {tuple(shape)}: its last axis ({shape[3]}) is not 1 or 3 channels "
-            f"(NCHW instead of NHWC?): {_NPZ_HINT}"
-        )
+        raise MetricsError(f"{where} has shape {tuple(shape)}: its last axis ({shape[3]}) is not 1 or 3 channels "
+                           f"(NCHW instead of NHWC?): {_NPZ_HINT}")
 
 
 class ImageSource:
@@ -159,10 +155,8 @@ class FolderImages(ImageSource):
                 array = self._decode(path)
                 first = first or (path, array.shape)
                 if array.shape != first[1]:
-                    raise MetricsError(
-                        f"{path} is {array.shape[1]}×{array.shape[0]} but {first[0]} is "
-                        f"{first[1][1]}×{first[1][0]}: all images of {self.root} must share one size"
-                    )
+                    raise MetricsError(f"{path} is {array.shape[1]}×{array.shape[0]} but {first[0]} is "
+                                       f"{first[1][1]}×{first[1][0]}: all images of {self.root} must share one size")
                 arrays.append(array)
             yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
@@ -180,9 +174,8 @@ class DatasetImages(ImageSource):
 
             dataset = open_dataset(source, split=split, resolution=self.resolution)
         except (ImportError, ValueError, OSError) as error:
-            raise MetricsError(
-                f"{name!r} is no existing .npz, image folder or stats file, nor a dataset epg opens ({error})"
-            ) from error
+            raise MetricsError(f"{name!r} is no existing .npz, image folder or stats file, nor a dataset epg opens "
+                               f"({error})") from error
         super().__init__(name, len(dataset))
         self.dataset = dataset
         self.source, self.split = source, split
