@@ -15,21 +15,12 @@ from .npz import NpzDataset
 from .packed import INDEX_NAME, PackedDataset
 from .prepare import SETTINGS_NAME, prepare_folder
 
-__all__ = [
-    "DataError",
-    "FashionMNIST",
-    "ImageDataset",
-    "ImageFolderDataset",
-    "NpzDataset",
-    "PackedDataset",
-    "open_dataset",
-    "prepare_folder",
-]
+__all__ = ["DataError", "FashionMNIST", "ImageDataset", "ImageFolderDataset", "NpzDataset", "PackedDataset",
+           "open_dataset", "prepare_folder"]
 
 
-def open_dataset(
-    source: str, split: str = "train", resolution: int | None = None, fmnist_dir: str | None = None
-) -> ImageDataset:
+def open_dataset(source: str, split: str = "train", resolution: int | None = None, fmnist_dir: str | None = None,
+                 ) -> ImageDataset:
     """Open `source`: "fmnist", a packed directory, an ImageFolder tree or an `.npz` file.
 
     `split` ("train" or "test") selects the Fashion-MNIST split; a path is a single split and ignores it.
@@ -45,11 +36,7 @@ def open_dataset(
         if (path / INDEX_NAME).is_file():
             return PackedDataset(path, resolution)
         if (path / SETTINGS_NAME).is_file():
-            raise DataError(
-                f"the preparation of {path} is unfinished: rerun the same `epg prepare` to resume it"
-            )
+            raise DataError(f"the preparation of {path} is unfinished: rerun the same `epg prepare` to resume it")
         return ImageFolderDataset(path, resolution)
-    raise DataError(
-        f"no dataset at {source!r}: expected 'fmnist', a packed directory (from `epg prepare`), "
-        f"an ImageFolder tree (<dir>/<class>/<image>) or an .npz file"
-    )
+    raise DataError(f"no dataset at {source!r}: expected 'fmnist', a packed directory (from `epg prepare`), "
+                    "an ImageFolder tree (<dir>/<class>/<image>) or an .npz file")

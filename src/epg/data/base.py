@@ -46,17 +46,13 @@ class ImageDataset(Dataset):
         return state
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({len(self)} images, {self.channels}×{self.resolution}×{self.resolution}, "
-            f"{self.num_classes} classes)"
-        )
+        return (f"{type(self).__name__}({len(self)} images, {self.channels}×{self.resolution}×{self.resolution}, "
+                f"{self.num_classes} classes)")
 
 
 def check_resolution(requested: int | None, native: int, what: str) -> int:
     """The resolution to serve: `native` when none is requested or it matches, else a DataError."""
     if requested is None or requested == native:
         return native
-    raise DataError(
-        f"{what} holds {native}×{native} images, not {requested}×{requested}: "
-        f"prepare a copy at that size with `epg prepare` (or request resolution {native})"
-    )
+    raise DataError(f"{what} holds {native}×{native} images, not {requested}×{requested}: "
+                    f"prepare a copy at that size with `epg prepare` (or request resolution {native})")

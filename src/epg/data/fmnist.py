@@ -13,9 +13,7 @@ from .base import ImageDataset
 from .errors import DataError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
-CLASS_NAMES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 NATIVE_RESOLUTION = 28
 _PREFIXES = {"train": "train", "test": "t10k"}
 _IMAGES_MAGIC = 0x0803  # unsigned bytes, 3 dimensions
@@ -26,11 +24,8 @@ def _find_file(directory: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (directory / name).is_file():
             return directory / name
-    raise DataError(
-        f"Fashion-MNIST file {stem}(.gz) not found in {directory}: install it with "
-        f"`apt-get install dataset-fashion-mnist`, or point EPG_FMNIST_DIR (or fmnist_dir) at a folder "
-        f"holding the IDX files"
-    )
+    raise DataError(f"Fashion-MNIST file {stem}(.gz) not found in {directory}: install it with `apt-get install "
+                    "dataset-fashion-mnist`, or point EPG_FMNIST_DIR (or fmnist_dir) at a folder holding the IDX files")
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
@@ -60,9 +55,8 @@ class FashionMNIST(ImageDataset):
         if split not in _PREFIXES:
             raise DataError(f"Fashion-MNIST has splits {sorted(_PREFIXES)}, not {split!r}")
         if resolution not in (None, NATIVE_RESOLUTION, 32):
-            raise DataError(
-                f"Fashion-MNIST is 28×28 (served as 28 or zero-padded to 32), not {resolution}×{resolution}"
-            )
+            raise DataError(f"Fashion-MNIST is 28×28 (served as 28 or zero-padded to 32), not "
+                            f"{resolution}×{resolution}")
         folder = Path(directory or os.environ.get("EPG_FMNIST_DIR") or DEFAULT_DIR)
         prefix = _PREFIXES[split]
         self._images_path = _find_file(folder, f"{prefix}-images-idx3-ubyte")

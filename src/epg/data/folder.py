@@ -31,9 +31,7 @@ def _class_folders(root: Path, notes: list[str]) -> list[tuple[str, list[Path]]]
         if _is_loop(entry, root):
             notes.append(f"skipped {shown(entry.name)}: a symlink back into {root} (a loop), not a class")
             continue
-        files = [
-            Path(top) / name for top, _, names in os.walk(entry) for name in names if is_image_file(name)
-        ]
+        files = [Path(top) / name for top, _, names in os.walk(entry) for name in names if is_image_file(name)]
         if files:
             classes.append((entry.name, sorted(files)))
         else:
@@ -46,9 +44,8 @@ def shown(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def scan_class_folders(
-    root: Path, class_names: list[str] | None = None, notes: list[str] | None = None
-) -> tuple[list[Path], list[int], list[str]]:
+def scan_class_folders(root: Path, class_names: list[str] | None = None, notes: list[str] | None = None,
+                       ) -> tuple[list[Path], list[int], list[str]]:
     """(files, labels, class names) of an ImageFolder tree, in class-then-path order.
 
     Labels index the sorted folder names, or `class_names` when given (e.g. the training set's classes.json,
@@ -62,10 +59,8 @@ def scan_class_folders(
     else:
         notes.extend(found)
     if not classes:
-        raise DataError(
-            f"no class folders with images in {root} ({_LAYOUT_HINT}; for a flat validation "
-            f"folder pass --val-labels FILE)"
-        )
+        raise DataError(f"no class folders with images in {root} ({_LAYOUT_HINT}; for a flat validation folder pass "
+                        "--val-labels FILE)")
     names = class_names or [name for name, _ in classes]
     unknown = [name for name, _ in classes if name not in names]
     if unknown:
@@ -101,9 +96,8 @@ def read_label_file(path: Path) -> dict[str, str]:
     return mapping
 
 
-def scan_flat_folder(
-    root: Path, label_file: Path, class_names: list[str] | None = None
-) -> tuple[list[Path], list[int], list[str]]:
+def scan_flat_folder(root: Path, label_file: Path, class_names: list[str] | None = None,
+                     ) -> tuple[list[Path], list[int], list[str]]:
     """(files, labels, class names) of a flat folder of images labelled by `label_file`, in name order."""
     mapping = read_label_file(label_file)
     files = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p.name))
@@ -111,10 +105,8 @@ def scan_flat_folder(
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) directly inside {root}")
     unlabelled = [f.name for f in files if f.stem not in mapping]
     if unlabelled:
-        raise DataError(
-            f"{len(unlabelled)} images in {root} have no label in {label_file} "
-            f"(first: {unlabelled[0]}): check that the label file belongs to this folder"
-        )
+        raise DataError(f"{len(unlabelled)} images in {root} have no label in {label_file} (first: {unlabelled[0]}): "
+                        "check that the label file belongs to this folder")
     names = class_names or sorted(set(mapping[f.stem] for f in files))
     position = {name: k for k, name in enumerate(names)}
     unknown = sorted({mapping[f.stem] for f in files} - set(position))
@@ -145,10 +137,8 @@ class ImageFolderDataset(ImageDataset):
             except OSError as error:
                 raise DataError(f"cannot read {self._files[0]} to infer the resolution: pass one") from error
             if width != height:
-                raise DataError(
-                    f"{self._files[0]} is {width}×{height}, not square: pass a resolution to "
-                    f"centre-crop to, or run `epg prepare`"
-                )
+                raise DataError(f"{self._files[0]} is {width}×{height}, not square: pass a resolution to centre-crop "
+                                "to, or run `epg prepare`")
             resolution = width
         self.resolution = resolution
 

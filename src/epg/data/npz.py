@@ -56,26 +56,19 @@ class NpzDataset(ImageDataset):
             with np.load(self.path) as arrays:
                 labels = arrays["arr_1"] if "arr_1" in arrays.files else None
         except KeyError as error:
-            raise DataError(
-                f"{self.path} has no arr_0 (expected ADM-style arr_0 uint8 N×H×W×C images)"
-            ) from error
+            raise DataError(f"{self.path} has no arr_0 (expected ADM-style arr_0 uint8 N×H×W×C images)") from error
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise DataError(f"cannot read {self.path} as an .npz ({error})") from error
         square = len(shape) == 4 and shape[1] == shape[2] and shape[3] in (1, 3)
         if dtype != np.uint8 or not square or fortran:
             order = " (Fortran order)" if fortran else ""
-            raise DataError(
-                f"{self.path}: arr_0 is {dtype} {shape}{order}, expected uint8 N×H×W×C with H = W and "
-                f"C = 1 or 3 (save it with np.savez(path, arr_0=images.astype(np.uint8)))"
-            )
+            raise DataError(f"{self.path}: arr_0 is {dtype} {shape}{order}, expected uint8 N×H×W×C with H = W and "
+                            "C = 1 or 3 (save it with np.savez(path, arr_0=images.astype(np.uint8)))")
         self._shape = shape
-        if labels is not None and (
-            labels.shape != (shape[0],) or labels.dtype.kind not in "iu" or (len(labels) and labels.min() < 0)
-        ):
-            raise DataError(
-                f"{self.path}: arr_1 is {labels.dtype} {labels.shape}, expected {shape[0]} "
-                f"non-negative integer labels"
-            )
+        if labels is not None and (labels.shape != (shape[0],) or labels.dtype.kind not in "iu"
+                                   or (len(labels) and labels.min() < 0)):
+            raise DataError(f"{self.path}: arr_1 is {labels.dtype} {labels.shape}, expected {shape[0]} non-negative "
+                            "integer labels")
         self._labels = None if labels is None else labels.astype(np.int64)
         self.num_classes = 0 if labels is None or not len(labels) else int(labels.max()) + 1
         self.class_names = None

@@ -44,30 +44,17 @@ def atomic_save_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda file: file.write((json.dumps(value, indent=1) + "\n").encode()))
 
 
-def write_index(
-    root: Path,
-    shard_counts: list[int],
-    labels: np.ndarray,
-    resolution: int,
-    class_names: list[str],
-    channels: int = 3,
-) -> None:
+def write_index(root: Path, shard_counts: list[int], labels: np.ndarray, resolution: int, class_names: list[str],
+                channels: int = 3) -> None:
     """Finish a packed directory whose shards are written: labels, class names, then the index."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (sum(shard_counts),):
         raise ValueError(f"{len(labels)} labels for {sum(shard_counts)} images")
     atomic_save_npy(root / LABELS_NAME, labels)
     atomic_save_json(root / CLASSES_NAME, class_names)
-    index = {
-        "format": FORMAT,
-        "resolution": resolution,
-        "channels": channels,
-        "num_classes": len(class_names),
-        "class_names": class_names,
-        "num_images": int(sum(shard_counts)),
-        "labels": LABELS_NAME,
-        "shards": [{"file": shard_name(k), "count": int(n)} for k, n in enumerate(shard_counts)],
-    }
+    index = {"format": FORMAT, "resolution": resolution, "channels": channels, "num_classes": len(class_names),
+             "class_names": class_names, "num_images": int(sum(shard_counts)), "labels": LABELS_NAME,
+             "shards": [{"file": shard_name(k), "count": int(n)} for k, n in enumerate(shard_counts)]}
     atomic_save_json(root / INDEX_NAME, index)
 
 
@@ -76,9 +63,7 @@ def read_index(root: Path) -> dict[str, Any]:
     try:
         index = json.loads((root / INDEX_NAME).read_text())
     except (OSError, ValueError) as error:
-        raise DataError(
-            f"cannot read {root / INDEX_NAME} ({error}): rerun `epg prepare` for {root}"
-        ) from error
+        raise DataError(f"cannot read {root / INDEX_NAME} ({error}): rerun `epg prepare` for {root}") from error
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise DataError(f"{root / INDEX_NAME} is not an epg packed index ({FORMAT}): rerun `epg prepare`")
     return index
@@ -102,16 +87,12 @@ class PackedDataset(ImageDataset):
             labels_path = self.root / index["labels"]
             num_images = int(index["num_images"])
         except (KeyError, TypeError, ValueError) as error:
-            raise DataError(
-                f"{self.root / INDEX_NAME} is malformed ({error!r}): rerun `epg prepare`"
-            ) from error
+            raise DataError(f"{self.root / INDEX_NAME} is malformed ({error!r}): rerun `epg prepare`") from error
         self.resolution = check_resolution(resolution, native, str(self.root))
         missing = [f.name for f, n in zip(self._files, counts) if n and not f.is_file()]
         if missing or not labels_path.is_file():
             lost = missing[:3] or [labels_path.name]
-            raise DataError(
-                f"{self.root} lacks {', '.join(lost)}: rerun `epg prepare` with the same arguments"
-            )
+            raise DataError(f"{self.root} lacks {', '.join(lost)}: rerun `epg prepare` with the same arguments")
         self._labels = np.load(labels_path)
         self._ends = np.cumsum(counts)
         if len(self._labels) != num_images or (counts and self._ends[-1] != num_images):
@@ -128,9 +109,7 @@ class PackedDataset(ImageDataset):
             array = np.load(self._files[shard], mmap_mode="r")
             expected = (self.resolution, self.resolution, self.channels)
             if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != expected:
-                raise DataError(
-                    f"{self._files[shard]} holds {array.dtype} {array.shape}, not uint8 N×{expected}"
-                )
+                raise DataError(f"{self._files[shard]} holds {array.dtype} {array.shape}, not uint8 N×{expected}")
             self._shards[shard] = array
         return self._shards[shard]
 

@@ -74,21 +74,14 @@ def _write_shard(task: _ShardTask) -> int:
     return task.shard
 
 
-def _settings(
-    src: Path, entries: list[tuple[str, int]], class_names: list[str], resolution: int, shard_size: int
-) -> dict[str, Any]:
+def _settings(src: Path, entries: list[tuple[str, int]], class_names: list[str], resolution: int, shard_size: int,
+              ) -> dict[str, Any]:
     digest = hashlib.sha256()
     for relative, label in entries:
         digest.update(os.fsencode(relative) + f"\t{label}\n".encode())  # names need not be UTF-8
     digest.update("\n".join(class_names).encode())
-    return {
-        "format": FORMAT,
-        "source": str(src),
-        "resolution": resolution,
-        "shard_size": shard_size,
-        "num_files": len(entries),
-        "files_sha256": digest.hexdigest(),
-    }
+    return {"format": FORMAT, "source": str(src), "resolution": resolution, "shard_size": shard_size,
+            "num_files": len(entries), "files_sha256": digest.hexdigest()}
 
 
 def _check_or_save_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -101,16 +94,12 @@ def _check_or_save_settings(out: Path, settings: dict[str, Any]) -> None:
         # The source may have moved: what must match is what ends up in the shards.
         differ = [key for key in settings if key != "source" and previous.get(key) != settings[key]]
         if differ:
-            raise DataError(
-                f"{out} holds a preparation with other {', '.join(differ)}: "
-                f"choose another --out, or delete {out} to start over"
-            )
+            raise DataError(f"{out} holds a preparation with other {', '.join(differ)}: choose another --out, or "
+                            f"delete {out} to start over")
     atomic_save_json(path, settings)
 
 
-def _run_tasks(
-    tasks: list[_ShardTask], workers: int, bar: tqdm, on_shard_done: Callable[[int], None] | None
-) -> None:
+def _run_tasks(tasks: list[_ShardTask], workers: int, bar: tqdm, on_shard_done: Callable[[int], None] | None) -> None:
     sizes = {task.shard: len(task.files) for task in tasks}
 
     def finished(shard: int) -> None:
@@ -132,9 +121,8 @@ def _run_tasks(
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _summarise(
-    src: Path, records: list[dict[str, Any]], resolution: int, num_files: int, notes: list[str]
-) -> dict[str, Any]:
+def _summarise(src: Path, records: list[dict[str, Any]], resolution: int, num_files: int, notes: list[str],
+               ) -> dict[str, Any]:
     skipped = [entry for record in records for entry in record["skipped"]]
     converted: Counter[str] = Counter()
     for record in records:
@@ -146,19 +134,16 @@ def _summarise(
         "images_written": sum(record["count"] for record in records),
         "skipped_by_reason": dict(sorted(Counter(reason for _, reason, _ in skipped).items())),
         "converted_to_rgb_by_mode": dict(sorted(converted.items())),
-        "skipped": [
-            {"path": shown(path), "reason": reason, "detail": shown(detail)} for path, reason, detail in skipped
-        ],
+        "skipped": [{"path": shown(path), "reason": reason, "detail": shown(detail)}
+                    for path, reason, detail in skipped],
         "notes": notes,
     }
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The human summary of a preparation report (what `epg prepare` prints at the end)."""
-    lines = [
-        f"prepared {report['images_written']} of {report['files_found']} images of {report['source']} at "
-        f"{report['resolution']}×{report['resolution']}"
-    ]
+    lines = [f"prepared {report['images_written']} of {report['files_found']} images of {report['source']} at "
+             f"{report['resolution']}×{report['resolution']}"]
     if report["skipped"]:
         reasons = ", ".join(f"{reason} {n}" for reason, n in report["skipped_by_reason"].items())
         lines.append(f"skipped {len(report['skipped'])} files ({reasons}):")
@@ -172,17 +157,9 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def prepare_folder(
-    src: str | Path,
-    out: str | Path,
-    resolution: int,
-    workers: int = 1,
-    shard_size: int = 1024,
-    val_labels: str | Path | None = None,
-    class_names: list[str] | None = None,
-    on_shard_done: Callable[[int], None] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
+def prepare_folder(src: str | Path, out: str | Path, resolution: int, workers: int = 1, shard_size: int = 1024,
+                   val_labels: str | Path | None = None, class_names: list[str] | None = None,
+                   on_shard_done: Callable[[int], None] | None = None, progress: bool = True) -> dict[str, Any]:
     """Pack the ImageFolder tree `src` (or flat folder + `val_labels`) into `out`; returns the report.
 
     `class_names` fixes the label order (e.g. the training set's classes.json); `on_shard_done(shard)` is
@@ -204,18 +181,10 @@ def prepare_folder(
     remove_stale(out)  # temporaries left by a run killed mid-write
 
     chunks = [entries[start : start + shard_size] for start in range(0, len(entries), shard_size)]
-    done = {
-        k for k in range(len(chunks)) if (out / record_name(k)).is_file() and (out / shard_name(k)).is_file()
-    }
+    done = {k for k in range(len(chunks)) if (out / record_name(k)).is_file() and (out / shard_name(k)).is_file()}
     tasks = [_ShardTask(k, src, out, resolution, chunk) for k, chunk in enumerate(chunks) if k not in done]
-    with tqdm(
-        total=len(entries),
-        initial=sum(len(chunks[k]) for k in done),
-        unit="img",
-        desc="prepare",
-        disable=not progress,
-        dynamic_ncols=True,
-    ) as bar:
+    with tqdm(total=len(entries), initial=sum(len(chunks[k]) for k in done), unit="img", desc="prepare",
+              disable=not progress, dynamic_ncols=True) as bar:
         _run_tasks(tasks, workers, bar, on_shard_done)
 
     records = [json.loads((out / record_name(k)).read_text()) for k in range(len(chunks))]
@@ -224,7 +193,5 @@ def prepare_folder(
     if report["images_written"] == 0:
         raise DataError(f"no image of {src} could be read; see {out / REPORT_NAME}")
     shard_labels = [np.asarray(record["labels"], dtype=np.int64) for record in records]
-    write_index(
-        out, [record["count"] for record in records], np.concatenate(shard_labels), resolution, class_names
-    )
+    write_index(out, [record["count"] for record in records], np.concatenate(shard_labels), resolution, class_names)
     return report
