@@ -7,17 +7,6 @@ from epg.metrics.inception import FIDInception, load_inception
 from epg.metrics.precision_recall import manifold_radii, precision_recall
 from epg.metrics.reference import ReferenceStats, default_cache_dir, reference_statistics
 
-__all__ = [
-    "FIDInception",
-    "MetricsError",
-    "ReferenceStats",
-    "default_cache_dir",
-    "evaluate",
-    "feature_statistics",
-    "fid_against",
-    "frechet_distance",
-    "load_inception",
-    "manifold_radii",
-    "precision_recall",
-    "reference_statistics",
-]
+__all__ = ["FIDInception", "MetricsError", "ReferenceStats", "default_cache_dir", "evaluate", "feature_statistics",
+           "fid_against", "frechet_distance", "load_inception", "manifold_radii", "precision_recall",
+           "reference_statistics"]

@@ -7,13 +7,7 @@ from torch import nn
 
 from epg.config import Config
 from epg.nn import x0_prediction
-from epg.noise import (
-    add_noise,
-    diffusion_grid_weight,
-    edm_weight,
-    karras_sigmas,
-    sample_lognormal_grid_index,
-)
+from epg.noise import add_noise, diffusion_grid_weight, edm_weight, karras_sigmas, sample_lognormal_grid_index
 from epg.objectives.base import Objective
 from epg.rng import SampleRNG
 
