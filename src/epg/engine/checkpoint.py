@@ -115,28 +115,25 @@ def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_config(ckpt: Path) -> Config:
-    """The full config saved with a checkpoint."""
-    path = Path(ckpt) / "config.json"
+def _read_json(path: Path, if_missing: str) -> Any:
     try:
-        data = json.loads(path.read_text())
-        # "_"-keys are metadata of an exported model folder (its format name), not config fields.
-        return config_from_dict({k: v for k, v in data.items() if not k.startswith("_")})
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing — is {ckpt} an epg checkpoint directory?") from None
+        raise CheckpointError(f"{path}: missing — {if_missing}") from None
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: not valid JSON (truncated?)") from None
+
+
+def read_config(ckpt: Path) -> Config:
+    """The full config saved with a checkpoint."""
+    data = _read_json(Path(ckpt) / "config.json", f"is {ckpt} an epg checkpoint directory?")
+    # "_"-keys are metadata of an exported model folder (its format name), not config fields.
+    return config_from_dict({k: v for k, v in data.items() if not k.startswith("_")})
 
 
 def read_state_meta(ckpt: Path) -> dict[str, Any]:
     """The training state's JSON part (step, optimizer groups, …) of a checkpoint."""
-    path = Path(ckpt) / "state.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing — a weights-only checkpoint cannot be resumed") from None
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: not valid JSON (truncated?)") from None
+    return _read_json(Path(ckpt) / "state.json", "a weights-only checkpoint cannot be resumed")
 
 
 def read_tensors(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
