@@ -39,6 +39,7 @@ class ModelConfig:
     proj_hidden: int = 4096
     proj_out: int = 256
     mlp_ratio: float = 4.0
+    pos_init: str = "normal"  # normal (METHOD.md §2) | sincos (the CPU presets; see nn/encoder.py)
 
 
 @dataclass
@@ -277,7 +278,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 _CHOICES = {
-    "stage": STAGES, "noise.normalization": ("minus_one", "imagenet"),
+    "stage": STAGES, "model.pos_init": ("normal", "sincos"), "noise.normalization": ("minus_one", "imagenet"),
     "optim.schedule": ("cosine", "steps", "constant"),
     "optim.wd_exclude": ("none", "pos_cls"), "train.precision": ("bf16", "fp16", "fp32"),
     "train.nonfinite": ("stop", "skip"), "pretrain.tau2_schedule": ("cosine", "constant"),

@@ -18,6 +18,7 @@ HELP: dict[str, str] = {
     "model.proj_hidden": "stage-1 projector hidden width",
     "model.proj_out": "stage-1 projector output width (paper 256; option 768)",
     "model.mlp_ratio": "MLP hidden width as a multiple of the block width",
+    "model.pos_init": "initial patch position embedding: normal (trunc-normal 0.02, the paper) or sincos (2-D sin-cos)",
     "noise.sigma_min": "smallest noise level σ_min (unshifted)",
     "noise.sigma_max": "largest noise level σ_max (unshifted)",
     "noise.rho": "Karras grid exponent ρ",
