@@ -179,3 +179,26 @@ def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
     ckpt = _train(tmp_path / "ckpt", **{"train.steps": 2, "model.dropout": 0.3, "train.activation_checkpointing": True})
     for (k, a), b in zip(plain.model.net.state_dict().items(), ckpt.model.net.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_layer_decay_groups_and_the_step_scales_each_lr(tmp_path):
+    from epg.engine.schedule import learning_rate
+    from epg.engine.setup import param_groups
+
+    cfg = tiny_config(**{"train.steps": 2})
+    off = param_groups(Trainer(cfg, tmp_path / "off", dataset=Synthetic()).model.net, cfg)
+    assert [("lr_scale" in g, g["weight_decay"]) for g in off] == [(False, cfg.optim.weight_decay), (False, 0.0)]
+    trainer = _train(tmp_path / "on", **{"optim.layer_decay": 0.5, "train.steps": 2})
+    net, opt = trainer.model.net, trainer.model.opt
+    scale_of = {id(p): g.get("lr_scale", 1.0) for g in opt.param_groups for p in g["params"]}
+    names = dict(net.named_parameters())
+    # depth L = 2: block i at 0.5^(2 − i), embeddings at 0.5^3; final LN, class table and decoder at 1
+    expected = {"encoder.blocks.0.attn.qkv.weight": 0.25, "encoder.blocks.1.mlp.fc1.bias": 0.5,
+                "encoder.pos_embed": 0.125, "encoder.patch_embed.weight": 0.125, "encoder.cls_token": 0.125,
+                "encoder.norm.weight": 1.0, "class_embed.weight": 1.0, "blocks.0.attn.qkv.weight": 1.0}
+    assert {k: scale_of[id(names[k])] for k in expected} == expected
+    lr = learning_rate(1, trainer.cfg.optim, trainer.cfg.train.steps)  # the lr of the last step (step 1)
+    assert lr > 0 and {g.get("lr_scale", 1.0): g["lr"] for g in opt.param_groups} == {
+        s: lr * s for s in (1.0, 0.5, 0.25, 0.125)}
+    logged = json.loads((tmp_path / "on" / "log.jsonl").read_text().splitlines()[-1])["lr"]
+    assert logged == lr  # the log shows the schedule's lr, not a scaled group's

@@ -174,3 +174,34 @@ def test_config_json_roundtrip():
     bad["model"]["depthh"] = 3
     with pytest.raises(ConfigError, match="unknown keys"):
         config_from_dict(bad)
+
+
+def test_sincos_positions_hand_values():
+    from epg.nn.encoder import sincos_positions
+
+    code = sincos_positions(8, 3)  # 9 patches × (sin row, cos row, sin col, cos col) at frequencies 1 and 0.01
+    assert code.shape == (9, 8)
+    assert torch.allclose(code[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))  # patch (0, 0)
+    r, c = torch.tensor([1.0, 0.01]), torch.tensor([2.0, 0.02])  # row 1, column 2 at both frequencies
+    assert torch.allclose(code[1 * 3 + 2], torch.cat([r.sin(), r.cos(), c.sin(), c.cos()]), atol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(6, 3)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "diffusion"])
+def test_pos_init_sincos_reaches_both_networks_and_keeps_cls_time(stage):
+    from epg.nn.encoder import sincos_positions
+
+    cfg = _tiny(**{"model.pos_init": "sincos"})
+    torch.manual_seed(0)
+    net = build_rcm(cfg.model) if stage == "pretrain" else build_generator(cfg.model)
+    pos = net.encoder.pos_embed.detach()[0]
+    assert torch.equal(pos[2:], sincos_positions(cfg.model.enc_width, cfg.model.img_size // cfg.model.patch))
+    torch.manual_seed(0)
+    default = build_rcm(_tiny().model) if stage == "pretrain" else build_generator(_tiny().model)
+    # CLS and TIME positions are drawn exactly as under the default init; the code is learnt (a Parameter).
+    assert torch.equal(pos[:2], default.encoder.pos_embed.detach()[0, :2])
+    assert net.encoder.pos_embed.requires_grad
+    assert default.encoder.pos_embed.detach()[0, 2:].std() < 0.03
+    with pytest.raises(ConfigError, match="model.pos_init"):
+        _tiny(**{"model.pos_init": "sin-cos"})

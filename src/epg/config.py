@@ -39,6 +39,7 @@ class ModelConfig:
     proj_hidden: int = 4096
     proj_out: int = 256
     mlp_ratio: float = 4.0
+    pos_init: str = "normal"  # normal (METHOD.md §2) | sincos (the CPU presets; see nn/encoder.py)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class OptimConfig:
     factors: tuple[float, ...] = ()
     grad_clip: float = 0.0  # 0 = off; applied after warm-up
     ema: float = 0.9999  # 0 = no EMA
+    layer_decay: float = 1.0  # < 1: layer-wise lr decay of the encoder (stage 2; engine/setup.py); 1 = off
     ema_warmup: bool = True  # decay min(ema, (1 + step)/(10 + step)): early weights do not linger in short runs
 
 
@@ -277,7 +279,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 _CHOICES = {
-    "stage": STAGES, "noise.normalization": ("minus_one", "imagenet"),
+    "stage": STAGES, "model.pos_init": ("normal", "sincos"), "noise.normalization": ("minus_one", "imagenet"),
     "optim.schedule": ("cosine", "steps", "constant"),
     "optim.wd_exclude": ("none", "pos_cls"), "train.precision": ("bf16", "fp16", "fp32"),
     "train.nonfinite": ("stop", "skip"), "pretrain.tau2_schedule": ("cosine", "constant"),
@@ -298,6 +300,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "train.fid_num": (0, _INF, False), "train.knn_every": (0, _INF, True), "data.workers": (0, _INF, True),
     "optim.lr": (0, _INF, True), "optim.eps": (0, _INF, False), "optim.weight_decay": (0, _INF, True),
     "optim.warmup_steps": (0, _INF, True), "optim.grad_clip": (0, _INF, True), "optim.ema": (0, 1, True),
+    "optim.layer_decay": (0, 1, False),
     "sample.steps": (0, _INF, False), "sample.cfg_scale": (0, _INF, True), "model.img_size": (0, _INF, False),
     "model.channels": (0, _INF, False), "model.patch": (0, _INF, False), "model.enc_depth": (0, _INF, False),
     "model.enc_width": (0, _INF, False), "model.enc_heads": (0, _INF, False), "model.dec_width": (0, _INF, False),

@@ -18,6 +18,7 @@ HELP: dict[str, str] = {
     "model.proj_hidden": "stage-1 projector hidden width",
     "model.proj_out": "stage-1 projector output width (paper 256; option 768)",
     "model.mlp_ratio": "MLP hidden width as a multiple of the block width",
+    "model.pos_init": "initial patch position embedding: normal (trunc-normal 0.02, the paper) or sincos (2-D sin-cos)",
     "noise.sigma_min": "smallest noise level σ_min (unshifted)",
     "noise.sigma_max": "largest noise level σ_max (unshifted)",
     "noise.rho": "Karras grid exponent ρ",
@@ -41,6 +42,8 @@ HELP: dict[str, str] = {
     "optim.factors": "lr factors, one per milestone",
     "optim.grad_clip": "gradient-norm clip after warm-up; 0 = off",
     "optim.ema": "EMA decay of the sampled weights; 0 = no EMA",
+    "optim.layer_decay": "layer-wise lr decay of the encoder in (0, 1]: block i at lr × decay^(L − i), embeddings "
+                         "at decay^(L + 1), decoder at 1; 1 = off (the paper)",
     "optim.ema_warmup": "EMA decay min(ema, (1 + step)/(10 + step)) so early weights do not linger",
     "train.steps": "optimiser steps of the run",
     "train.global_batch": "images per step over all processes",

@@ -117,15 +117,26 @@ def build_objective(cfg: Config, device: torch.device | str = "cpu", verbose: bo
     return stage.objective(cfg, net)
 
 
+def encoder_lr_scale(name: str, depth: int, decay: float) -> float:
+    """Layer-wise lr decay (BEiT / MAE fine-tuning): encoder block i trains at decay^(L − i) of the lr, the
+    embeddings (patch, CLS, positions) at decay^(L + 1), the encoder's final LN and everything outside the
+    encoder (decoder, class table, projector) at 1."""
+    parts = name.split(".")
+    if decay == 1.0 or parts[0] != "encoder" or parts[1] == "norm":
+        return 1.0
+    return decay ** (depth - int(parts[2])) if parts[1] == "blocks" else decay ** (depth + 1)
+
+
 def param_groups(net: nn.Module, cfg: Config) -> list[dict]:
-    """AdamW groups: weight decay on every trained tensor, except pos_embed / cls_token where the recipe says."""
-    decay, no_decay = [], []
+    """AdamW groups: weight decay on every trained tensor, except pos_embed / cls_token where the recipe says;
+    with optim.layer_decay < 1, one group per encoder depth, its `lr_scale` applied by the step."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(False, 1.0): []}  # kept even when empty
     for name, p in net.named_parameters():
-        if not p.requires_grad:
-            continue
-        excluded = cfg.optim.wd_exclude == "pos_cls" and name.split(".")[-1] in ("pos_embed", "cls_token")
-        (no_decay if excluded else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        if p.requires_grad:
+            excluded = cfg.optim.wd_exclude == "pos_cls" and name.split(".")[-1] in ("pos_embed", "cls_token")
+            scale = encoder_lr_scale(name, cfg.model.enc_depth, cfg.optim.layer_decay)
+            groups.setdefault((excluded, scale), []).append(p)
+    # Without layer decay these are the decay group, then the excluded one if any: checkpoints are unchanged.
+    return [{"params": ps, "weight_decay": 0.0 if excluded else cfg.optim.weight_decay,
+             **({"lr_scale": scale} if scale != 1.0 else {})}
+            for (excluded, scale), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]

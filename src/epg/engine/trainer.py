@@ -153,8 +153,9 @@ class Trainer:
         Under train.nonfinite=skip a step with a non-finite loss or gradient changes nothing (under fp16 the
         scaler already skips inf gradients)."""
         cfg, model, local = self.cfg, self.model, self.batching.local
+        lr = learning_rate(self.step, cfg.optim, cfg.train.steps)
         for g in model.opt.param_groups:
-            g["lr"] = learning_rate(self.step, cfg.optim, cfg.train.steps)
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         model.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.env.device)
         terms: dict[str, torch.Tensor] = {}
@@ -248,7 +249,8 @@ class Trainer:
 
     def _log(self, logger: RunLogger, means: dict[str, float], health: Health, extra: dict[str, float]) -> None:
         means = {k: float(all_reduce_mean(torch.as_tensor(v))) if k != "img_per_s" else v for k, v in means.items()}
-        means.update(lr=self.model.opt.param_groups[0]["lr"], skipped_steps=float(health.skipped), **extra)
+        lr = learning_rate(self.step - 1, self.cfg.optim, self.cfg.train.steps)  # that of the step just taken
+        means.update(lr=lr, skipped_steps=float(health.skipped), **extra)
         logger.log(self.step, means)
 
     def _check_finite(self, health: Health, names: list[str]) -> None:

@@ -16,13 +16,13 @@ __all__ = ["RCM", "Compute", "Encoder", "Generator", "Projector", "autocast", "b
 def build_rcm(m: ModelConfig) -> RCM:
     """Stage-1 network (encoder + projector)."""
     return RCM(m.img_size, m.patch, m.channels, m.enc_depth, m.enc_width, m.enc_heads, m.proj_hidden, m.proj_out,
-               m.mlp_ratio)
+               m.mlp_ratio, m.pos_init)
 
 
 def build_generator(m: ModelConfig) -> Generator:
     """Stage-2 generator (encoder + decoder of the same depth)."""
     return Generator(m.img_size, m.patch, m.channels, m.enc_depth, m.enc_width, m.enc_heads, m.dec_width,
-                     m.dec_heads, m.num_classes, m.dropout, m.mlp_ratio)
+                     m.dec_heads, m.num_classes, m.dropout, m.mlp_ratio, m.pos_init)
 
 
 def rcm_compute(m: ModelConfig) -> Compute:

@@ -12,11 +12,28 @@ from epg.nn.denoiser import timestep_embedding
 from epg.nn.layers import Block, GlobalBatchNorm1d
 
 
+def sincos_positions(width: int, grid: int) -> torch.Tensor:
+    """2-D sin-cos position code of a grid×grid patch grid (MAE / MoCo v3): a quarter of the channels each for
+    sin and cos of the row and of the column, frequencies 1 … 1e-4; grid² × width, values in [−1, 1]."""
+    if width % 4:
+        raise ValueError(f"a sin-cos position code needs a width divisible by 4, not {width}")
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    angles = [axis.flatten()[:, None] * omega[None] for axis in (rows, cols)]
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1).float()
+
+
 class Encoder(nn.Module):
-    """Plain ViT over tokens [CLS] [TIME] [patch_1 … patch_P], pre-LN blocks, final LayerNorm."""
+    """Plain ViT over tokens [CLS] [TIME] [patch_1 … patch_P], pre-LN blocks, final LayerNorm.
+
+    `pos_init` "normal" is METHOD.md §2 (trunc-normal 0.02); "sincos" starts the patch positions from the 2-D
+    sin-cos code instead (still learnt; CLS and TIME stay trunc-normal): at 0.02 the positions are ~1/40 of the
+    patch tokens' size, so a new encoder is close to a bag of patches."""
 
     def __init__(self, img_size: int, patch: int, channels: int, depth: int, width: int, heads: int,
-                 mlp_ratio: float = 4.0):
+                 mlp_ratio: float = 4.0, pos_init: str = "normal"):
         super().__init__()
         if img_size % patch:
             raise ValueError(f"image size {img_size} is not a multiple of the patch size {patch}")
@@ -29,6 +46,11 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.checkpointing = False  # recompute block activations in backward (large presets)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if pos_init == "sincos":
+            with torch.no_grad():
+                self.pos_embed[0, 2:] = sincos_positions(width, img_size // patch)
+        elif pos_init != "normal":
+            raise ValueError(f"pos_init must be 'normal' or 'sincos', not {pos_init!r}")
         nn.init.normal_(self.cls_token, std=1e-6)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cls_add: torch.Tensor | None = None,
@@ -70,9 +92,9 @@ class RCM(nn.Module):
     """Stage-1 network W = encoder E + projector g; `features` = LN(CLS), `project` = g(LN(CLS))."""
 
     def __init__(self, img_size: int, patch: int, channels: int, depth: int, width: int, heads: int,
-                 proj_hidden: int = 4096, proj_out: int = 256, mlp_ratio: float = 4.0):
+                 proj_hidden: int = 4096, proj_out: int = 256, mlp_ratio: float = 4.0, pos_init: str = "normal"):
         super().__init__()
-        self.encoder = Encoder(img_size, patch, channels, depth, width, heads, mlp_ratio)
+        self.encoder = Encoder(img_size, patch, channels, depth, width, heads, mlp_ratio, pos_init)
         self.projector = Projector(width, proj_hidden, proj_out)
         self._init_mocov3(patch, channels)
 

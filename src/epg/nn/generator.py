@@ -45,11 +45,11 @@ class Generator(nn.Module):
 
     def __init__(self, img_size: int, patch: int, channels: int, enc_depth: int, enc_width: int, enc_heads: int,
                  dec_width: int, dec_heads: int, num_classes: int = 0, dropout: float = 0.0,
-                 mlp_ratio: float = 4.0):
+                 mlp_ratio: float = 4.0, pos_init: str = "normal"):
         super().__init__()
         self.patch, self.channels, self.grid = patch, channels, img_size // patch
         self.num_classes = num_classes
-        self.encoder = Encoder(img_size, patch, channels, enc_depth, enc_width, enc_heads, mlp_ratio)
+        self.encoder = Encoder(img_size, patch, channels, enc_depth, enc_width, enc_heads, mlp_ratio, pos_init)
         # The last row is the null label used for classifier-free guidance.
         self.class_embed = nn.Embedding(num_classes + 1, enc_width) if num_classes > 0 else None
         self.enc_to_dec = nn.Linear(enc_width, dec_width) if enc_width != dec_width else nn.Identity()
