@@ -92,6 +92,12 @@ ARMS: dict[str, tuple[str | None, dict]] = {
     # bag of patches (k-NN 0.538 at init; 0.622 with the 2-D sin-cos code).
     "crop1.0-sincos": ("grey-noblur-crop1.0", {"model.pos_init": "sincos"}),
     "crop1.0-batch64-sincos": ("crop1.0-batch64", {"model.pos_init": "sincos"}),
+    # With positions from the start, can the encoder now learn what crops ask (where the garment is, its scale)?
+    "crop0.6-batch64-sincos": ("crop1.0-batch64-sincos", {"pretrain.crop_min_scale": 0.6}),
+    "crop0.3-batch64-sincos": ("crop1.0-batch64-sincos", {"pretrain.crop_min_scale": 0.3}),
+    "lr2e-3-batch64-sincos": ("crop1.0-batch64-sincos", {"optim.lr": 2e-3}),
+    "crop0.6-lr2e-3-batch64-sincos": ("crop0.6-batch64-sincos", {"optim.lr": 2e-3}),
+    "crop0.3-lr2e-3-batch64-sincos": ("crop0.3-batch64-sincos", {"optim.lr": 2e-3}),
 }
 
 
