@@ -28,13 +28,17 @@ from epg.engine.trainer import Trainer
 from epg.metrics.knn import KnnProbe
 from epg.presets import get_preset
 
+OLD_PRESET = {"train.global_batch": 128, "optim.lr": 1e-3, "pretrain.crop_min_scale": 0.3, "pretrain.blur_p1": 1.0,
+              "pretrain.blur_p2": 0.1, "pretrain.solarize_p2": 0.2, "pretrain.grey_jitter_p": 0.0,
+              "model.pos_init": "normal"}
 NO_BLUR = {"pretrain.blur_p1": 0.0, "pretrain.blur_p2": 0.0, "pretrain.solarize_p2": 0.0}
 GREY = {"pretrain.grey_jitter_p": 0.8}
 # name → (base arm, overrides of the fmnist-tiny stage-1 preset); an arm's overrides include its base's.
 ARMS: dict[str, tuple[str | None, dict]] = {
-    # The fmnist-tiny stage-1 preset as it was before issue #15. These arms were measured when the preset's warm-up
-    # stayed at 5 % of its own 1 500 steps (75) whatever --steps was; warm-up now follows --steps, so it is pinned.
-    "preset": (None, {"optim.warmup_steps": 75}),
+    # The fmnist-tiny stage-1 preset as it was before issue #15, pinned (the preset itself now has the recipe this
+    # screen found). These arms were measured when the preset's warm-up stayed at 5 % of its own 1 500 steps (75)
+    # whatever --steps was; warm-up now follows --steps, so it is pinned too.
+    "preset": (None, {"optim.warmup_steps": 75, **OLD_PRESET}),
     "grey-jitter": ("preset", GREY),
     "no-blur-solarize": ("preset", NO_BLUR),
     "grey-noblur": ("preset", {**GREY, **NO_BLUR}),
@@ -169,8 +173,9 @@ def report(args: argparse.Namespace) -> None:
     lines += ["", "Read with: one seed per arm, so differences below ≈ 0.03 are within the probe's noise "
               "(1 000 test images: binomial std ≈ 0.013). `train s` is wall time from the run's log on a shared "
               "2-core machine (other jobs running), so it overstates the time alone; s/step converts a step count "
-              "into a budget. The budget: the demo's stage 1 alone on 2 threads ran 250 steps in 359.8 s "
-              "(benchmarks/results/demo/summary.json), 1.44 s/step, so ≤ 10 min is ≈ 400 steps (0.85 epoch). "
+              "into a budget. The budget: the demo's stage 1 of 250 steps of 128 took 239.5 s alone on 2 threads "
+              "(0.96 s/step), so ≤ 10 min is ≈ 600 steps of 128 (1.3 epochs). `steps of 128` counts images: an "
+              "arm with batch 64 runs twice as many steps (tag b-steps400: 800 steps of 64). "
               "Rerun: `python benchmarks/stage1_recipe.py --steps N --arms …` (see the docstring).", "",
               "`contrastive` is the sum of the two InfoNCE directions over the batch (chance 2·ln B: 9.70 at B = 128), "
               "so it does not compare across batch sizes. Warm-up is the 75 steps of 128 that the preset arm pins, "
