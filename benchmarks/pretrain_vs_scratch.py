@@ -3,7 +3,7 @@
 Paper (ImageNet-256, METHOD.md §0): DM FID 41.36 with EPG pre-training vs 59.69 from scratch; CM 33.12 vs
 diverged. Here: Fashion-MNIST 32×32, the `fmnist-tiny` preset. What is measured:
 
-- **Dose–response.** One stage-1 run of `--pretrain-steps` (default: the demo's 250) saves the encoder at each
+- **Dose–response.** One stage-1 run of `--pretrain-steps` (default: the demo's) saves the encoder at each
   `--doses` fraction of it (0 = a random encoder = scratch). Each dose gets the k-NN probe (LN(CLS) at σ_min,
   raw pixels beside it) and the same fine-tuning from it. The stage-1 run (seed 0) is shared by every seed.
 - **Arms** (objective, dose, seed): the fine-tuning seed is `train.seed`. Each fine-tuning run is
@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from fmnist_classifier import class_accuracy, load_or_train
 
+from epg.demo import BUDGETS
 from epg.engine.checkpoint import list_checkpoints, load_network, write_checkpoint
 from epg.engine.hooks import RunView
 from epg.engine.runlog import class_rows, save_image_grid
@@ -51,6 +52,7 @@ from epg.metrics.knn import KnnProbe
 from epg.nn import build_rcm
 from epg.presets import get_preset
 
+DEMO_PRETRAIN_STEPS = BUDGETS["full"][0]
 PAPER = {"diffusion": ("41.36", "59.69"), "consistency": ("33.12", "diverged")}
 STANDARD_DOSES = (0.25, 0.5, 0.75, 1.0)  # the stage-1 run always saves its encoder at these shares
 GRIDS = "pretrain_vs_scratch"  # sub-folder of --results for the sample grids
@@ -111,7 +113,8 @@ def pretrain(args: argparse.Namespace) -> dict:
     cfg = get_preset(args.preset, "pretrain", {"train.steps": args.pretrain_steps, "train.knn_every": 0,
                                                "train.ckpt_every": max(args.pretrain_steps // 4, 1)})
     run_dir, enc_dir = args.work / "pretrain", args.work / "pretrain-doses"
-    if not info.get("seconds"):
+    # Scratch alone (--doses 0) needs no stage-1 run, so it can run in a second process while the first trains it.
+    if not info.get("seconds") and any(step > 0 for step in wanted.values()):
         if _past_deadline(args):
             raise SystemExit(1)
         start = _newest_step(run_dir)
@@ -126,6 +129,7 @@ def pretrain(args: argparse.Namespace) -> dict:
                 "batch": cfg.train.global_batch, "seed": cfg.train.seed, "seconds": round(seconds, 1),
                 "resumed_at": start, "s_per_step": round(seconds / max(args.pretrain_steps - start, 1), 3),
                 "threads": torch.get_num_threads(), "doses": {}}
+    info = info or {"steps": args.pretrain_steps, "doses": {}}
     probe = KnnProbe(cfg)
     info["knn_pixels"] = probe.pixels()
     info["knn_split"] = f"{len(probe.ytr)} train / {len(probe.yte)} test, 20-NN cosine"
@@ -142,7 +146,7 @@ def pretrain(args: argparse.Namespace) -> dict:
             net, _, path = load_network(enc_dir / f"step-{step:08d}")
             ckpt = str(path)
         info["doses"][key] = {"stage1_steps": step, "checkpoint": ckpt, "knn": probe.encoder(net),
-                              "stage1_seconds": round(info["s_per_step"] * step, 1)}
+                              "stage1_seconds": round(info.get("s_per_step", 0.0) * step, 1)}
         print(f"pretrain_vs_scratch: dose {key} (stage-1 step {step}): k-NN {info['doses'][key]['knn']:.3f} "
               f"(raw pixels {info['knn_pixels']:.3f})", flush=True)
     _write(out, info)
@@ -444,7 +448,8 @@ EARLIER = [
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="fmnist-tiny")
-    p.add_argument("--pretrain-steps", type=int, default=250, help="the full stage-1 budget (the demo's: 250)")
+    p.add_argument("--pretrain-steps", type=int, default=DEMO_PRETRAIN_STEPS,
+                   help=f"the full stage-1 budget (default: the demo's, {DEMO_PRETRAIN_STEPS})")
     p.add_argument("--doses", type=float, nargs="*", default=[0, 0.25, 0.5, 1],
                    help="shares of the stage-1 run to fine-tune from (0 = random encoder = scratch)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="fine-tuning seeds (train.seed)")
@@ -456,7 +461,7 @@ def main() -> None:
                    help="only the compute-matched scratch arm (per objective and seed; needs dose 0 timed)")
     p.add_argument("--fid-num", type=int, default=1000)
     p.add_argument("--no-start-after", default="", help="HH:MM UTC after which no training run starts")
-    p.add_argument("--work", type=Path, default=Path("runs/pretrain_vs_scratch_v2"))
+    p.add_argument("--work", type=Path, default=Path("runs/pretrain_vs_scratch_v3"))
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--report", action="store_true", help="only write the table from finished arms")
     args = p.parse_args()

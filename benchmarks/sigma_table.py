@@ -41,11 +41,19 @@ def result_file(folder: Path, encoder: str) -> Path:
     return folder / f"{encoder.replace(', ', '-').replace(' ', '-')}.json"
 
 
+def run_steps(args: argparse.Namespace) -> int:
+    """--steps counts steps of 128 images (as in stage1_recipe.py): a batch-64 recipe runs twice as many."""
+    return args.steps * 128 // overrides(args.recipe).get("train.global_batch", 128)
+
+
 def run_dir_for(over: dict, args: argparse.Namespace) -> Path:
-    """An arm of stage1_recipe.py with exactly these overrides is the same run: reuse its directory."""
+    """An arm of stage1_recipe.py with exactly these overrides and length is the same run: reuse its directory."""
+    mine = {k: v for k, v in over.items() if not k.startswith("train.") or k == "train.global_batch"}
     for arm in ARMS:
-        if overrides(arm) == {k: v for k, v in over.items() if not k.startswith("train.")}:
-            return args.recipe_work / f"steps{args.steps}" / arm
+        if {k: v for k, v in overrides(arm).items() if not k.startswith("train.") or k == "train.global_batch"} == mine:
+            for found in sorted(args.recipe_work.glob(f"*/{arm}/config.json")):
+                if json.loads(found.read_text())["train"]["steps"] == over["train.steps"]:
+                    return found.parent
     name = "+".join(f"{k.split('.')[-1]}{v}" for k, v in over.items() if k in ENCODER_KEYS)
     return args.work / f"{args.recipe}-{args.steps}" / (name or "both")
 
@@ -53,11 +61,12 @@ def run_dir_for(over: dict, args: argparse.Namespace) -> Path:
 def probe_encoder(name: str, args: argparse.Namespace, probe: KnnProbe) -> dict:
     row: dict = {"encoder": name, "recipe": args.recipe, "steps": args.steps}
     if ENCODERS[name] is None:
-        torch.manual_seed(args.seed)
-        net = build_rcm(get_preset("fmnist-tiny", "pretrain").model)
+        torch.manual_seed(args.seed)  # the recipe's architecture and init (e.g. sin-cos positions), untrained
+        model = {k: v for k, v in overrides(args.recipe).items() if k.startswith("model.")}
+        net = build_rcm(get_preset("fmnist-tiny", "pretrain", model).model)
     else:
-        over = {**overrides(args.recipe), **ENCODERS[name], "train.steps": args.steps,
-                "train.ckpt_every": args.steps, "train.log_every": 25, "train.knn_every": 0,
+        over = {**overrides(args.recipe), **ENCODERS[name], "train.steps": run_steps(args),
+                "train.ckpt_every": run_steps(args), "train.log_every": 25, "train.knn_every": 0,
                 "train.seed": args.seed}
         run_dir = run_dir_for(over, args)
         net, _, _ = load_network(Trainer(get_preset("fmnist-tiny", "pretrain", over), run_dir).fit().checkpoint)
@@ -74,30 +83,34 @@ def probe_encoder(name: str, args: argparse.Namespace, probe: KnnProbe) -> dict:
 def report(args: argparse.Namespace) -> None:
     folder = args.work / f"{args.recipe}-{args.steps}"
     files = {n: result_file(folder, n) for n in ENCODERS}
-    # Rows measured earlier (their runs may be gone) are kept unless this --work measured them again.
+    # Rows measured earlier (their runs may be gone) are kept unless this --work measured them again; so are the
+    # tables of other recipes / lengths, this one first.
     old = args.results / "sigma_table.json"
-    earlier = {r["encoder"]: r for r in (json.loads(old.read_text()) if old.exists() else [])
-               if r["recipe"] == args.recipe and r["steps"] == args.steps}
-    rows = [json.loads(files[n].read_text()) if files[n].exists() else earlier[n] for n in ENCODERS
-            if files[n].exists() or n in earlier]
+    earlier = json.loads(old.read_text()) if old.exists() else []
+    mine = {r["encoder"]: r for r in earlier if r["recipe"] == args.recipe and r["steps"] == args.steps}
+    rows = [json.loads(files[n].read_text()) if files[n].exists() else mine[n] for n in ENCODERS
+            if files[n].exists() or n in mine]
+    rows += [r for r in earlier if (r["recipe"], r["steps"]) != (args.recipe, args.steps)]
     (args.results / "sigma_table.json").write_text(json.dumps(rows, indent=2))
-    lines = [f"# k-NN of LN(CLS) along the noising trajectory (fmnist-tiny, recipe `{args.recipe}`, "
-             f"{args.steps} stage-1 steps of 128)", "",
-             "| encoder | " + " | ".join(f"σ = {s}" for s in SIGMAS) + " | train s |",
-             "|---|" + "---|" * (len(SIGMAS) + 1)]
-    for r in rows:
-        accs = " | ".join(f"{r['knn'][str(s)]:.3f}" for s in SIGMAS)
-        lines.append(f"| {r['encoder']} | {accs} | {r.get('train_seconds', '—')} |")
-    if rows:
-        accs = " | ".join(f"{rows[0]['knn_pixels'][str(s)]:.3f}" for s in SIGMAS)
+    lines = ["# k-NN of LN(CLS) along the noising trajectory (fmnist-tiny)"]
+    for recipe, steps in dict.fromkeys((r["recipe"], r["steps"]) for r in rows):
+        group = [r for r in rows if (r["recipe"], r["steps"]) == (recipe, steps)]
+        lines += ["", f"## recipe `{recipe}` of benchmarks/stage1_recipe.py, {steps} stage-1 steps' worth of "
+                  f"128-image batches (rerun: `python benchmarks/sigma_table.py --recipe {recipe} --steps {steps}`)",
+                  "", "| encoder | " + " | ".join(f"σ = {s}" for s in SIGMAS) + " | train s |",
+                  "|---|" + "---|" * (len(SIGMAS) + 1)]
+        for r in group:
+            accs = " | ".join(f"{r['knn'][str(s)]:.3f}" for s in SIGMAS)
+            lines.append(f"| {r['encoder']} | {accs} | {r.get('train_seconds', '—')} |")
+        accs = " | ".join(f"{group[0]['knn_pixels'][str(s)]:.3f}" for s in SIGMAS)
         lines.append(f"| raw pixels (same noise) | {accs} | — |")
     lines += ["", "σ is unshifted (the network sees σ·0.5); 5 000 / 1 000 images, one seed, fixed noise per σ "
               "(differences below ≈ 0.03 are noise). \"batch ε\" is `pretrain.consistency_noise batch`: one ε for "
               "the whole batch in the consistency term (not the paper), so that ε cannot tell an image from the "
               "others; with it the consistency loss no longer falls to ≈ 0.05 but stays near 2 "
               "(benchmarks/results/stage1_shortcuts.md has the per-image-ε cue). `train s` is wall time on a "
-              "shared 2-core machine; the batch-ε runs shared it with three other jobs. "
-              f"Rerun: `python benchmarks/sigma_table.py --recipe {args.recipe} --steps {args.steps}`."]
+              "shared 2-core machine; the batch-ε runs shared it with three other jobs. The random encoder has the "
+              "recipe's architecture and init (with `model.pos_init sincos`, the 2-D sin-cos positions)."]
     table = "\n".join(lines) + "\n"
     (args.results / "sigma_table.md").write_text(table)
     print(table)
