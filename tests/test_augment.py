@@ -15,15 +15,22 @@ from epg.rng import SampleRNG
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pretrain import _images, tiny_cfg, tiny_objective  # noqa: E402
 
+# The paper's views (the PretrainConfig defaults); the CPU presets turn blur and solarize off (presets.py).
+PAPER_VIEWS = {"pretrain.blur_p1": 1.0, "pretrain.blur_p2": 0.1, "pretrain.solarize_p2": 0.2,
+               "pretrain.crop_min_scale": 0.08}
+
 
 def _views():
-    p = tiny_cfg().pretrain
+    p = tiny_cfg(**PAPER_VIEWS).pretrain
     return (ViewSpec("view1", p.blur_p1, 0.0, p.crop_min_scale), ViewSpec("view2", p.blur_p2, p.solarize_p2,
                                                                              p.crop_min_scale))
 
 
 def test_objective_view_specs_follow_the_paper():
-    obj = tiny_objective()
+    from epg.config import PretrainConfig
+
+    assert {k: getattr(PretrainConfig(), k.split(".")[1]) for k in PAPER_VIEWS} == PAPER_VIEWS
+    obj = tiny_objective(**PAPER_VIEWS)
     v1, v2 = obj.views
     assert (v1.blur_p, v1.solarize_p, v2.blur_p, v2.solarize_p) == (1.0, 0.0, 0.1, 0.2)
     assert (v1.jitter_p, v1.gray_p) == (0.8, 0.2) and v1.name != v2.name

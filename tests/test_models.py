@@ -198,10 +198,12 @@ def test_pos_init_sincos_reaches_both_networks_and_keeps_cls_time(stage):
     pos = net.encoder.pos_embed.detach()[0]
     assert torch.equal(pos[2:], sincos_positions(cfg.model.enc_width, cfg.model.img_size // cfg.model.patch))
     torch.manual_seed(0)
-    default = build_rcm(_tiny().model) if stage == "pretrain" else build_generator(_tiny().model)
-    # CLS and TIME positions are drawn exactly as under the default init; the code is learnt (a Parameter).
+    paper = _tiny(**{"model.pos_init": "normal"}).model  # METHOD.md §2 (the CPU presets use sincos)
+    default = build_rcm(paper) if stage == "pretrain" else build_generator(paper)
+    # CLS and TIME positions are drawn exactly as under the paper's init; the code is learnt (a Parameter).
     assert torch.equal(pos[:2], default.encoder.pos_embed.detach()[0, :2])
     assert net.encoder.pos_embed.requires_grad
     assert default.encoder.pos_embed.detach()[0, 2:].std() < 0.03
     with pytest.raises(ConfigError, match="model.pos_init"):
         _tiny(**{"model.pos_init": "sin-cos"})
+    assert get_preset("fmnist-tiny").model.pos_init == "sincos" and get_preset("epg-l-16-in256").model.pos_init == "normal"

@@ -19,8 +19,8 @@ from epg.metrics.knn import knn_report
 from epg.plot import plot_run
 from epg.presets import get_preset
 
-# (pretrain steps, finetune steps, FID samples); sized for ~16 min (full, measured 16.1) and ~3 min (quick) on 2 cores.
-BUDGETS = {"full": (250, 2000, 1000), "quick": (30, 60, 100)}
+# (pretrain steps, finetune steps, FID samples); sized for ~22 min (full, measured 22.5) and ~3 min (quick) on 2 cores.
+BUDGETS = {"full": (1000, 2000, 1000), "quick": (30, 60, 100)}
 
 
 def run_demo(run_dir: str | Path, quick: bool = False, preset: str = "fmnist-tiny") -> dict:
@@ -82,7 +82,7 @@ def run_demo(run_dir: str | Path, quick: bool = False, preset: str = "fmnist-tin
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="pre-train + fine-tune + sample + FID on Fashion-MNIST (CPU)")
-    p.add_argument("--quick", action="store_true", help="a ~3-minute first look instead of ~16 minutes")
+    p.add_argument("--quick", action="store_true", help="a ~3-minute first look instead of ~22 minutes")
     p.add_argument("--run-dir", default=None, help="default: runs/demo (runs/demo-quick with --quick)")
     p.add_argument("--preset", default="fmnist-tiny")
     p.set_defaults(func=lambda a: run_demo(a.run_dir or ("runs/demo-quick" if a.quick else "runs/demo"),
