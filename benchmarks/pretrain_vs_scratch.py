@@ -421,10 +421,12 @@ READ_WITH = [
     "accuracy is above).",
     "- A seed count is written beside every mean; a mean of one seed has no spread, and the issue's bar "
     "(≥ 25 % lower FID with the 3-seed ranges apart) can only be judged where both sides have 3 seeds.",
-    "- Seconds are wall-clock on a 2-core machine with one thread per run; another job used the other core for "
-    "part of the time (in the 2026-12-01 runs at least during stage 1 and the dose-0 fine-tuning; dose 0.5 and "
-    "0.25 ran 1.3–1.7× faster per step, presumably after it ended), so seconds are not comparable between "
-    "runs. The stage-1 seconds of a dose are its share of the run's s/step.",
+    "- Seconds are wall-clock on a 2-core machine with one thread per run, two or three runs (and at times the "
+    "test suite) sharing its cores, so seconds are not comparable between runs. The stage-1 seconds of a dose "
+    "are its share of the run's s/step.",
+    "- The dose-1 encoder's k-NN (1 thread) and the demo's (0.784, 2 threads) come from the same seed and "
+    "recipe; they differ because the thread count changes the float reductions, and a 1 000-step run drifts "
+    "apart: about the probe's own noise.",
     "- The consistency arm from scratch has no stage-1 network, so it trains without the auxiliary InfoNCE term "
     "(METHOD.md §5) and costs less per step.",
     "",
