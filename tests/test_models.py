@@ -206,4 +206,5 @@ def test_pos_init_sincos_reaches_both_networks_and_keeps_cls_time(stage):
     assert default.encoder.pos_embed.detach()[0, 2:].std() < 0.03
     with pytest.raises(ConfigError, match="model.pos_init"):
         _tiny(**{"model.pos_init": "sin-cos"})
-    assert get_preset("fmnist-tiny").model.pos_init == "sincos" and get_preset("epg-l-16-in256").model.pos_init == "normal"
+    assert get_preset("fmnist-tiny").model.pos_init == "sincos"
+    assert get_preset("epg-l-16-in256").model.pos_init == "normal"
