@@ -1,10 +1,10 @@
 """Does stage 1 keep learning past the demo's budget? k-NN of LN(CLS) at σ_min along one long run (issue #15).
 
-Pre-trains `fmnist-tiny` with its stage-1 preset for `--steps` (default 1 000 = 4× the demo's 250, ≈ 2.1 epochs)
-with the k-NN probe every `--every` steps (5 000 / 1 000 images, raw-pixel baseline beside it), then tabulates the
+Pre-trains `fmnist-tiny` with its stage-1 preset for `--steps` (default: 3× the demo's stage-1 steps) with the k-NN
+probe every `--every` steps (5 000 / 1 000 images, raw-pixel baseline beside it), then tabulates the
 probe and the loss terms from the run's log. A finished run is only re-read.
 
-    python benchmarks/stage1_curve.py                       # runs/stage1_long, ≈ 45 min on one busy thread
+    python benchmarks/stage1_curve.py                       # runs/stage1_long_v2, ≈ 1 h on one busy thread
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ import json
 import os
 from pathlib import Path
 
+from epg.demo import BUDGETS
 from epg.engine.trainer import Trainer
 from epg.evaluation import default_hooks
 from epg.presets import get_preset
 
+DEMO_STEPS = BUDGETS["full"][0]
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--every", type=int, default=200)
-    p.add_argument("--run-dir", type=Path, default=Path("runs/stage1_long"))
+    p.add_argument("--steps", type=int, default=3 * DEMO_STEPS)
+    p.add_argument("--every", type=int, default=DEMO_STEPS // 2)
+    p.add_argument("--run-dir", type=Path, default=Path("runs/stage1_long_v2"))
     p.add_argument("--results", type=Path, default=Path(os.path.relpath(Path(__file__).parent / "results")))
     a = p.parse_args()
     cfg = get_preset("fmnist-tiny", "pretrain", {"train.steps": a.steps, "train.knn_every": a.every})
@@ -41,8 +44,8 @@ def main() -> None:
         lines.append(f"| {r['step']} | {r['images'] / 60000:.2f} | {r['knn_acc']:.3f} | {r['knn_pixels']:.3f} | "
                      f"{r['contrastive']:.3f} | {r['consistency']:.3f} |")
     lines += ["", "One seed; the probe's binomial std on 1 000 test images is ≈ 0.015. The schedule is the preset's "
-              f"for a {a.steps}-step run, so the learning rate has decayed to 0 at the end. The demo pre-trains 250 "
-              f"steps. Rerun: `python benchmarks/stage1_curve.py --steps {a.steps} --every {a.every}`."]
+              f"for a {a.steps}-step run, so the learning rate has decayed to 0 at the end. The demo pre-trains "
+              f"{DEMO_STEPS} steps. Rerun: `python benchmarks/stage1_curve.py --steps {a.steps} --every {a.every}`."]
     text = "\n".join(lines) + "\n"
     (a.results / "stage1_curve.md").write_text(text)
     (a.results / "stage1_curve.json").write_text(json.dumps({"steps": a.steps, "probes": probes}, indent=1) + "\n")
