@@ -16,12 +16,19 @@ diverged. Here: Fashion-MNIST 32×32, the `fmnist-tiny` preset. What is measured
 - **Compute-matched scratch** (`--matched`): a scratch run with E extra steps, E = stage-1 seconds / the
   scratch run's fine-tuning seconds per step (rounded to 50), evaluated at each eval step + E.
 
+- **Fine-tuning variants** (`--variant NAME --set KEY=VALUE …`): the same arms with config overrides of the
+  fine-tuning (e.g. `optim.layer_decay=0.75`, or `train.init_from=` another stage-1 checkpoint, whose encoder is
+  then probed too); their arms are named `<objective>-NAME-dose…` and reported in a table of their own, beside the
+  default fine-tuning of the same seeds and the scratch row.
+
 Every run lives in its own run directory under `--work` and resumes when the script is rerun; each arm's results
 are one JSON file there, and `--report` rebuilds the table from whatever has finished.
 
     python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 0 0.25 0.5 1 --seeds 0 --stop-at 1000
     python benchmarks/pretrain_vs_scratch.py --doses 0 1 --seeds 1 2 --stop-at 1000
     python benchmarks/pretrain_vs_scratch.py --matched --seeds 0
+    python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 --seeds 0 --stop-at 1000 \
+        --variant ld0.75 --set optim.layer_decay=0.75
     python benchmarks/pretrain_vs_scratch.py --report
 """
 
@@ -200,10 +207,15 @@ def evaluate(args: argparse.Namespace, cfg_net_path: Path, name: str, step: int,
 
 def finetune_arm(args: argparse.Namespace, objective: str, dose: str, seed: int, pre: dict, judge,
                  matched: bool = False) -> dict | None:
-    name = arm_name(objective, dose, seed, matched)
+    name = arm_name(objective, dose, seed, matched, args.variant)
     out, run_dir = args.work / f"{name}.json", args.work / name
     info = json.loads(out.read_text()) if out.exists() else {
         "objective": objective, "dose": dose, "seed": seed, "matched": matched, "evals": {}}
+    if args.variant:
+        if info.get("overrides", args.overrides) != args.overrides:
+            raise SystemExit(f"{out} was run with --set {info['overrides']}, not {args.overrides}: use another "
+                             "--variant name")
+        info.update(variant=args.variant, overrides=args.overrides)
     if matched and "extra_steps" not in info:
         ref = args.work / f"{arm_name(objective, '0', seed)}.json"
         base = json.loads(ref.read_text()) if ref.exists() else {}
@@ -220,8 +232,10 @@ def finetune_arm(args: argparse.Namespace, objective: str, dose: str, seed: int,
     init = pre["doses"][dose]["checkpoint"] if not matched else ""
     cfg = get_preset(args.preset, objective, {
         "train.steps": max(points), "train.seed": seed, "train.init_from": init, "train.log_every": 25,
-        "train.ckpt_every": gcd, "train.keep_every": gcd, "train.keep_last": 1})
-    info.update(steps=cfg.train.steps, eval_points=points, init_from=init)
+        "train.ckpt_every": gcd, "train.keep_every": gcd, "train.keep_last": 1, **args.overrides})
+    info.update(steps=cfg.train.steps, eval_points=points, init_from=cfg.train.init_from)
+    if cfg.train.init_from != init and "init_knn" not in info:  # a variant's own encoder: probe it as the doses
+        info["init_knn"] = KnnProbe(cfg).encoder(load_network(cfg.train.init_from)[0])
     _train(args, info, cfg, run_dir, points)
     if not run_dir.exists():  # nothing started (past the deadline): leave no empty arm behind
         return None
@@ -256,8 +270,16 @@ def main() -> None:
     p.add_argument("--no-start-after", default="", help="HH:MM UTC after which no training run starts")
     p.add_argument("--work", type=Path, default=Path("runs/pretrain_vs_scratch_v3"))
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--variant", default="", help="name of a fine-tuning variant (its arms are reported apart)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="the variant's config overrides of the fine-tuning runs (e.g. optim.layer_decay=0.75)")
     p.add_argument("--report", action="store_true", help="only write the table from finished arms")
     args = p.parse_args()
+    if bool(args.variant) != bool(args.set):
+        p.error("--variant and --set go together")
+    if any("=" not in kv for kv in args.set):
+        p.error(f"--set takes KEY=VALUE pairs, not {[kv for kv in args.set if '=' not in kv]}")
+    args.overrides = dict(kv.split("=", 1) for kv in args.set)
     args.work.mkdir(parents=True, exist_ok=True)
     (args.results / GRIDS).mkdir(parents=True, exist_ok=True)
     if not args.report:

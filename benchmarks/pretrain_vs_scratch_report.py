@@ -21,8 +21,8 @@ def _write(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def arm_name(objective: str, dose: str, seed: int, matched: bool = False) -> str:
-    return f"{objective}-{'matched-scratch' if matched else 'dose' + dose}-seed{seed}"
+def arm_name(objective: str, dose: str, seed: int, matched: bool = False, variant: str = "") -> str:
+    return f"{objective}-{variant + '-' if variant else ''}{'matched-scratch' if matched else 'dose' + dose}-seed{seed}"
 
 
 def _stats(values: list[float], fmt: str) -> str:
@@ -48,10 +48,12 @@ def _collect(args: argparse.Namespace) -> list[dict]:
     return arms
 
 
-def _values(arms: list[dict], objective: str, dose: str, matched: bool, e: int, key: str) -> list[float]:
+def _values(arms: list[dict], objective: str, dose: str, matched: bool, e: int, key: str,
+            variant: str = "") -> list[float]:
     out = []
     for a in arms:
-        if a["objective"] == objective and a["dose"] == dose and a.get("matched", False) == matched:
+        if (a["objective"] == objective and a["dose"] == dose and a.get("matched", False) == matched
+                and a.get("variant", "") == variant):
             ev = a["evals"].get(str(e + a.get("extra_steps", 0)))
             if ev and ev["status"] == "ok":
                 out.append(ev[key])
@@ -102,13 +104,16 @@ def report(args: argparse.Namespace) -> None:
                 break
         L += [""]
         L += _verdict(arms, objective, eval_steps, doses)
+        L += _variants(arms, objective, eval_steps, pre)
     L += _matched_text(arms)
     L += ["## Every evaluation", "",
           "| run | init | eval step | FID | class acc | NFE | fine-tune s to this step | sampling s | FID s | grid |",
           "|---|---|---|---|---|---|---|---|---|---|"]
-    for a in sorted(arms, key=lambda a: (a["objective"], a.get("matched", False), float(a["dose"]), a["seed"])):
-        name = arm_name(a["objective"], a["dose"], a["seed"], a.get("matched", False))
-        init = "random" if not a.get("init_from") else f"stage-1 step {pre['doses'][a['dose']]['stage1_steps']}"
+    for a in sorted(arms, key=lambda a: (a["objective"], a.get("variant", ""), a.get("matched", False),
+                                         float(a["dose"]), a["seed"])):
+        name = arm_name(a["objective"], a["dose"], a["seed"], a.get("matched", False), a.get("variant", ""))
+        init = ("random" if not a.get("init_from") else f"`{a['init_from']}`" if "init_knn" in a
+                else f"stage-1 step {pre['doses'][a['dose']]['stage1_steps']}")
         for e, ev in sorted(a["evals"].items(), key=lambda kv: int(kv[0])):
             ts = _train_seconds(a, int(e))
             L.append(f"| {name} | {init} | {e} of {a['steps']} | {ev['fid']:.2f} | {ev['class_acc']:.3f} | "
@@ -153,6 +158,35 @@ def _verdict(arms: list[dict], objective: str, eval_steps: list[int], doses: lis
     return out + [""] if out else []
 
 
+def _variants(arms: list[dict], objective: str, eval_steps: list[int], pre: dict) -> list[str]:
+    """One row per fine-tuning variant (`--variant NAME --set KEY=VALUE …`) and dose, beside scratch's FID."""
+    keys = sorted({(a["variant"], a["dose"]) for a in arms if a["objective"] == objective and a.get("variant")})
+    if not keys:
+        return []
+    out = [f"### {objective}: fine-tuning variants", "",
+           "Each variant changes only the settings shown (on top of the preset's fine-tuning); `init` is the "
+           "encoder's k-NN. `default` = the same dose and seeds without the variant's settings; `vs scratch` = "
+           "mean FID against the scratch row above (all its seeds) at the same step.", "",
+           "| variant | settings | dose | init k-NN | " + " | ".join(
+               f"FID @ {e} | default @ {e} | vs scratch @ {e} | class acc @ {e}" for e in eval_steps) + " |",
+           "|---|---|---|---|" + "---|---|---|---|" * len(eval_steps)]
+    for variant, dose in keys:
+        mine = [a for a in arms if a.get("variant") == variant and a["dose"] == dose and a["objective"] == objective]
+        knn = next((a["init_knn"] for a in mine if "init_knn" in a), pre["doses"][dose]["knn"])
+        settings = ", ".join(f"`{k}={v}`" for k, v in mine[0]["overrides"].items())
+        seeds = {a["seed"] for a in mine}
+        cells = []
+        for e in eval_steps:
+            fid, scr = (_values(arms, objective, dose, False, e, "fid", variant),
+                        _values(arms, objective, "0", False, e, "fid"))
+            default = _values([a for a in arms if a["seed"] in seeds], objective, dose, False, e, "fid")
+            change = f"{100 * (sum(fid) / len(fid) / (sum(scr) / len(scr)) - 1):+.1f} %" if fid and scr else "–"
+            cells += [_stats(fid, ".1f"), _stats(default, ".1f"), change,
+                      _stats(_values(arms, objective, dose, False, e, "class_acc", variant), ".3f")]
+        out.append(f"| {variant} | {settings} | {dose} | {knn:.3f} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def _matched_text(arms: list[dict]) -> list[str]:
     out = []
     for a in arms:
@@ -170,7 +204,7 @@ def _missing(arms: list[dict], pre: dict) -> list[str]:
     """What the full design (both objectives × every dose × seeds 0–2 × 1 000 and 2 000 steps, plus the
     compute-matched arm) still lacks."""
     done = {(a["objective"], a["dose"], a["seed"], int(e) - a.get("extra_steps", 0)) for a in arms
-            if not a.get("matched") for e in a["evals"]}
+            if not a.get("matched") and not a.get("variant") for e in a["evals"]}
     lines = []
     for objective in ("diffusion", "consistency"):
         for e in (1000, 2000):
