@@ -1,6 +1,6 @@
 """Does stage 1 keep learning past the demo's budget? k-NN of LN(CLS) at σ_min along one long run (issue #15).
 
-Pre-trains `fmnist-tiny` with its stage-1 preset for `--steps` (default: 3× the demo's stage-1 steps) with the k-NN
+Pre-trains `fmnist-tiny` with its stage-1 preset for `--steps` (default: 2× the demo's stage-1 steps) with the k-NN
 probe every `--every` steps (5 000 / 1 000 images, raw-pixel baseline beside it), then tabulates the
 probe and the loss terms from the run's log. A finished run is only re-read.
 
@@ -24,7 +24,7 @@ DEMO_STEPS = BUDGETS["full"][0]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3 * DEMO_STEPS)
+    p.add_argument("--steps", type=int, default=2 * DEMO_STEPS)
     p.add_argument("--every", type=int, default=DEMO_STEPS // 2)
     p.add_argument("--run-dir", type=Path, default=Path("runs/stage1_long_v2"))
     p.add_argument("--results", type=Path, default=Path(os.path.relpath(Path(__file__).parent / "results")))
