@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import _networks, _step  # noqa: E402
+from results_io import write_results  # noqa: E402
 from throughput import loadavg  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -98,10 +98,7 @@ def main() -> None:
                      + " | ".join(f"{r['speed'][v]:.2f}×" for v in VARIANTS[1:]) + " |")
     rerun = f"python benchmarks/cpu_variants.py --threads {a.threads} --rounds {a.rounds} --batch {a.batch}"
     lines += ["", f"Rerun: `{rerun}`.", ""]
-    text = "\n".join(lines)
-    print(text)
-    a.out.with_suffix(".md").write_text(text)
-    a.out.with_suffix(".json").write_text(json.dumps({"loadavg_before": load_before, "rows": rows}, indent=1) + "\n")
+    write_results(a.out, "\n".join(lines), {"loadavg_before": load_before, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+from results_io import write_results
 
 from epg.engine.checkpoint import list_checkpoints, load_network
 from epg.metrics.knn import KnnProbe
@@ -66,10 +67,7 @@ def main() -> None:
         lines.append(f"| {r['arm']} | {r['step']} | {r['fid']:.1f} | {b['0.002']:.3f} | {f['0.002']:.3f} | "
                      f"{b['2.0']:.3f} | {f['2.0']:.3f} |")
     lines += ["", f"Rerun: `python benchmarks/finetuned_knn.py --work {a.work}`.", ""]
-    text = "\n".join(lines)
-    (a.results / "finetuned_knn.md").write_text(text)
-    (a.results / "finetuned_knn.json").write_text(json.dumps(done, indent=2) + "\n")
-    print(text)
+    write_results(a.results / "finetuned_knn", "\n".join(lines), done)
 
 
 if __name__ == "__main__":

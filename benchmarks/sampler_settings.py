@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from fmnist_classifier import class_accuracy, load_or_train
+from results_io import write_results
 
 from epg.config import apply_overrides
 from epg.engine.checkpoint import load_network
@@ -93,10 +94,7 @@ def main() -> None:
                      f"{r['class_acc']:.3f} | {r['sample_seconds']:.0f} | [png]({r['grid']}) |")
     lines += ["", f"Rerun a row: `python benchmarks/sampler_settings.py {a.checkpoint} --cfg SCALE --samplers SAMPLER "
               "[--steps N] [--online]` (rows already in `--work` are only re-read).", ""]
-    text = "\n".join(lines)
-    (a.results / "sampler_settings.md").write_text(text)
-    (a.results / "sampler_settings.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(text)
+    write_results(a.results / "sampler_settings", "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

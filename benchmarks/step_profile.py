@@ -14,7 +14,6 @@ matrix products (mm, addmm, bmm, the convolution) against every other op, and re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 import throughput_child as child  # noqa: E402
+from results_io import write_results  # noqa: E402
 from throughput import loadavg  # noqa: E402
 
 MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::mkldnn_convolution", "aten::convolution_backward"}
@@ -89,11 +89,8 @@ def main() -> None:
     lines += ["", "Matrix products = mm, addmm, bmm and the patch convolution (forward and backward). The ceiling is "
               "step time / matrix time: no change to the element-wise work (fusion, other kernels, compile) can make "
               "the step faster than that while the GEMMs stay as they are.", ""]
-    text = "\n".join(lines)
-    print(text)
-    a.out.with_suffix(".md").write_text(text)
-    a.out.with_suffix(".json").write_text(json.dumps({"peak_gflops": peak, "threads": a.threads, "rows": rows,
-                                                      "loadavg_before": load_before}, indent=1) + "\n")
+    write_results(a.out, "\n".join(lines), {"peak_gflops": peak, "threads": a.threads, "rows": rows,
+                                             "loadavg_before": load_before})
 
 
 if __name__ == "__main__":
