@@ -85,8 +85,9 @@ def main() -> None:
              "| weights | CFG scale | sampler | steps | NFE | FID | class acc | sampling s | grid |",
              "|---|---|---|---|---|---|---|---|---|"]
     # Rows of the other weights (an earlier run with or without --online) stay in the table.
-    rows += [json.loads(f.read_text()) for f in sorted(a.work.glob("*.json"))
-             if f.stem not in {r["name"] for r in rows} and json.loads(f.read_text())["checkpoint"] == str(path)]
+    seen = {r["name"] for r in rows}
+    others = (json.loads(f.read_text()) for f in sorted(a.work.glob("*.json")) if f.stem not in seen)
+    rows += [r for r in others if r["checkpoint"] == str(path)]
     for r in sorted(rows, key=lambda r: r["fid"] if math.isfinite(r["fid"]) else math.inf):
         star = " ★" if (r["cfg_scale"], r["sampler"], r["steps"], r["weights"]) == base else ""
         lines.append(f"| {r['weights']} | {r['cfg_scale']:g}{star} | {r['sampler']} | {r['steps']} | "

@@ -33,17 +33,11 @@ RESULTS = Path(__file__).parent / "results"
 
 def profile_stage(model: str, stage: str, batch: int, steps: int) -> dict:
     """Self CPU time per op over `steps` steps after two warm-up steps."""
-    spec = {"device": "cpu", "precision": "bf16", "batch": batch, "model": model, "stage": stage, "compile": False,
-            "attention": "explicit", "adamw": "fused", "warmup": 0, "reps": 1}
+    spec = {"device": "cpu", "precision": "bf16", "batch": batch, "model": model, "stage": stage, "compile": False}
     cfg = child.model_config(model, stage, child.CPU_MODELS)
     with tempfile.TemporaryDirectory() as work:
         trainer = child._trainer(spec, child.CPU_MODELS, Path(work))
-        batches = iter(trainer._loader())
-
-        def step(k: int) -> None:
-            trainer.step = cfg.optim.warmup_steps + 1 + k  # past warm-up: clipping on, as in steady state
-            trainer.train_step([next(batches) for _ in range(trainer.batching.accum)])
-
+        step = child.steady_step(trainer)
         for k in range(2):
             step(k)
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -143,6 +143,18 @@ def _trainer(spec: dict, models: dict, work: Path) -> Trainer:
     return Trainer(cfg, work / "run", dataset=data)
 
 
+def steady_step(trainer: Trainer):
+    """`step(k)`: the Trainer's real `train_step` at step warm-up + 1 + k (past warm-up: gradient clipping on, as
+    in steady-state training), on the next batches of its own loader."""
+    batches = iter(trainer._loader())
+    step0 = trainer.cfg.optim.warmup_steps + 1
+
+    def step(k: int) -> None:
+        trainer.step = step0 + k
+        trainer.train_step([next(batches) for _ in range(trainer.batching.accum)])
+    return step
+
+
 def _timed_adamw(opt: torch.optim.Optimizer, device: torch.device, seconds: list[float]) -> None:
     """Record how long each optimizer step takes (the engine calls it through the loss scaler)."""
     inner = opt.step
@@ -171,7 +183,6 @@ def measure_step(spec: dict) -> dict:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, max(m.num_classes, 1), (batch,), generator=g).to(device)
-    step0 = cfg.optim.warmup_steps + 1  # past warm-up: gradient clipping on, as in steady-state training
     adamw: list[float] = []
     with tempfile.TemporaryDirectory() as work:
         if stage == "sampling":
@@ -194,11 +205,7 @@ def measure_step(spec: dict) -> dict:
                 model.opt = torch.optim.AdamW(param_groups(net, trainer.cfg), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                               eps=cfg.optim.eps, foreach=spec["adamw"] == "foreach")
             _timed_adamw(model.opt, device, adamw)
-            batches = iter(trainer._loader())
-
-            def step(k: int) -> None:
-                trainer.step = step0 + k
-                trainer.train_step([next(batches) for _ in range(trainer.batching.accum)])
+            step = steady_step(trainer)
         times = _time(step, spec, device)
         if stage != "sampling":
             trainer.close()
