@@ -335,6 +335,49 @@ def test_pretrain_objective_bf16_forward_backward_and_teacher_ema():
         assert not torch.allclose(t_new, t_old)
 
 
+def test_views_batched_through_the_encoder_equal_one_call_per_view(monkeypatch):
+    """BATCH_VIEWS runs both contrastive views as one 2B batch; the projector's BN must still see each view alone,
+    so the loss, every gradient and the BN running statistics equal those of two separate calls (fp32)."""
+    import epg.objectives.pretrain as pretrain_mod
+
+    n = 8
+    images, labels = _images(n, 1, seed=6), torch.zeros(n, dtype=torch.long)
+    results = {}
+    for batched in (False, True):
+        monkeypatch.setattr(pretrain_mod, "BATCH_VIEWS", batched)
+        obj = tiny_objective()
+        obj.train()
+        loss, terms = obj(images, labels, SampleRNG(0, 3, torch.arange(n)), 3)
+        loss.backward()
+        results[batched] = (loss.detach(), terms["contrastive"], [p.grad.clone() for p in obj.net.parameters()],
+                            [b.clone() for b in obj.teacher.buffers()] + [b.clone() for b in obj.net.buffers()])
+    (l0, c0, g0, b0), (l1, c1, g1, b1) = results[False], results[True]
+    assert c0 > 0  # the contrastive term is on, so the batched path was taken
+    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(c1, c0, rtol=1e-6, atol=1e-6)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(b1, b0):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_batched_views_keep_batchnorm_per_view(monkeypatch):
+    """Wired wrong (the projector over the 2B batch at once), BN would mix the views' statistics: the features
+    of view 1 would then depend on view 2. Here view 2 changes and view 1's projected features must not."""
+    import epg.objectives.pretrain as pretrain_mod
+
+    monkeypatch.setattr(pretrain_mod, "BATCH_VIEWS", True)
+    obj = tiny_objective()
+    obj.train()
+    gen = torch.Generator().manual_seed(1)
+    y1, y2 = torch.randn(6, 1, 32, 32, generator=gen), torch.randn(6, 1, 32, 32, generator=gen)
+    t = torch.full((6,), 0.002)
+    with torch.no_grad():
+        a1, _ = obj._encode_views(obj.net, y1, y2, t)
+        b1, _ = obj._encode_views(obj.net, y1, 3.0 * y2 + 1.0, t)
+    torch.testing.assert_close(a1, b1, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- loss weights (CPU ablations)
 
 

@@ -18,6 +18,11 @@ from epg.objectives.base import Objective
 from epg.pixels import normalize
 from epg.rng import SampleRNG
 
+# True: both contrastive views go through the encoder as one batch of 2B (the outputs agree with two calls to float
+# rounding, tests/test_pretrain.py). Measured slower on CPU (benchmarks/results/pretrain_views.md, fmnist-tiny batch
+# 64, 1 thread: 0.98× in bf16, 0.92× in fp32 — the larger activations cost more than the saved calls), so off.
+BATCH_VIEWS = False
+
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
     """Per-query InfoNCE ℓ(q_i) = logsumexp_j(q_i·k_j/τ) − q_i·k_i/τ with keys gathered from every process.
@@ -81,6 +86,15 @@ class PretrainObjective(Objective):
         h = encode(net, x, sigma_shifted, self.cfg.noise.sigma_data)
         return F.normalize((net.projector(h) if projector else h).float(), dim=-1)
 
+    def _encode_views(self, net: nn.Module, y1: torch.Tensor, y2: torch.Tensor, sigma_shifted: torch.Tensor,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected, normalised features of both views. The encoder sees them as one batch of 2B (its per-sample
+        maths does not mix samples); the projector's BatchNorm sees each view's B alone, as two calls would."""
+        if not BATCH_VIEWS:
+            return self._encode(net, y1, sigma_shifted, True), self._encode(net, y2, sigma_shifted, True)
+        h1, h2 = encode(net, torch.cat([y1, y2]), sigma_shifted.repeat(2), self.cfg.noise.sigma_data).chunk(2)
+        return (F.normalize(net.projector(h1).float(), dim=-1), F.normalize(net.projector(h2).float(), dim=-1))
+
     def grid_pair(self, rng: SampleRNG, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Adjacent (σ_n, σ_{n+1}) of the curriculum grid; one index per global step by default (§3 item 1)."""
         cfg, p = self.cfg, self.cfg.pretrain
@@ -122,9 +136,9 @@ class PretrainObjective(Objective):
             y1, y2 = (normalize(augment_view(images, rng, v) * 255.0, cfg.noise.normalization) for v in self.views)
             t0 = torch.full((images.shape[0],), cfg.noise.sigma_min * s, device=dev)
             y1, y2 = add_noise(y1, t0, eps), add_noise(y2, t0, eps)
-            q1, q2 = self._encode(self.net, y1, t0, True), self._encode(self.net, y2, t0, True)
+            q1, q2 = self._encode_views(self.net, y1, y2, t0)
             with torch.no_grad():
-                k1, k2 = self._encode(self.teacher, y1, t0, True), self._encode(self.teacher, y2, t0, True)
+                k1, k2 = self._encode_views(self.teacher, y1, y2, t0)
             loss_con = symmetric_contrastive_loss(q1, q2, k1, k2, p.tau_c)
         loss = p.contrastive_weight * loss_con + p.consistency_weight * loss_cons
         return loss, {"contrastive": loss_con.detach(), "consistency": loss_cons.detach()}
