@@ -7,7 +7,10 @@ turn (round-robin, `--rounds` rounds, medians), so machine load hits every path 
 - `compile`: `torch.compile` (inductor, C++ on CPU) of the whole network;
 - `ln-bf16`: LayerNorm fed its bf16 input directly (PyTorch's mixed-dtype kernel) instead of autocast's fp32 round
   trip — numerically the same rounding, half the bytes;
-- `fp32-stream`: the encoder's residual stream in fp32 under autocast (the authors' code keeps it so; ours is bf16).
+- `fp32-stream`: the encoder's residual stream in fp32 under autocast (the authors' code keeps it so; ours is bf16);
+- `no-attention`: not a candidate but a bound — attention replaced by returning v (the qkv and output projections
+  stay), so softmax(q·kᵀ)·v costs nothing. Its speed is the most any attention kernel could give over the plain
+  reference.
 
     python benchmarks/cpu_variants.py --threads 1 --rounds 7
 """
@@ -24,13 +27,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from epg.nn import layers as nn_layers
+
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import _networks, _step  # noqa: E402
 from results_io import write_results  # noqa: E402
 from throughput import loadavg  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("engine", "compile", "ln-bf16", "fp32-stream")
+VARIANTS = ("engine", "compile", "ln-bf16", "fp32-stream", "no-attention")
 
 
 def _ln_bf16(self: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -46,8 +51,10 @@ _LN_FORWARD = torch.nn.LayerNorm.forward
 @contextlib.contextmanager
 def variant(name: str, net: torch.nn.Module):
     """Patch `net` (or LayerNorm) for one variant; compile is a separate network object, not a patch."""
-    handle = None
-    if name == "ln-bf16":
+    handle, attention = None, nn_layers.attention
+    if name == "no-attention":
+        nn_layers.attention = lambda q, k, v: v
+    elif name == "ln-bf16":
         torch.nn.LayerNorm.forward = _ln_bf16
     elif name == "fp32-stream":  # the token sequence enters the first block in fp32, so x + f(x) stays fp32
         first = getattr(net, "encoder", net).blocks[0]
@@ -56,6 +63,7 @@ def variant(name: str, net: torch.nn.Module):
         yield
     finally:
         torch.nn.LayerNorm.forward = _LN_FORWARD
+        nn_layers.attention = attention
         if handle is not None:
             handle.remove()
 
