@@ -26,7 +26,10 @@ are one JSON file there, and `--report` rebuilds the table from whatever has fin
 
     python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 0 0.25 0.5 1 --seeds 0 --stop-at 1000
     python benchmarks/pretrain_vs_scratch.py --doses 0 1 --seeds 1 2 --stop-at 1000
-    python benchmarks/pretrain_vs_scratch.py --matched --seeds 0
+    python benchmarks/pretrain_vs_scratch.py --matched --objectives diffusion --seeds 0 1 2
+    python benchmarks/stage1_ceiling.py      # then fine-tune from the encoder trained with labels:
+    python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 --seeds 0 1 2 --stop-at 1000 \
+        --variant supervised-init --set train.init_from=runs/stage1_ceiling/supervised-seed0
     python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 --seeds 0 --stop-at 1000 \
         --variant ld0.75 --set optim.layer_decay=0.75
     python benchmarks/pretrain_vs_scratch.py --report

@@ -99,7 +99,10 @@ def report(args: argparse.Namespace) -> None:
                 for e in eval_steps:
                     cells += [_stats(_values(arms, objective, "0", True, e, "fid"), ".1f"),
                               _stats(_values(arms, objective, "0", True, e, "class_acc"), ".3f")]
-                L.append(f"| 0, compute-matched (+{a['extra_steps']} steps) | 0 | – | {pre['doses']['0']['knn']:.3f} "
+                extra = sorted({b["extra_steps"] for b in arms
+                                if b["objective"] == objective and b.get("matched") and b["evals"]})
+                extra_s = f"{extra[0]}" if len(extra) == 1 else f"{extra[0]}–{extra[-1]}"
+                L.append(f"| 0, compute-matched (+{extra_s} steps) | 0 | – | {pre['doses']['0']['knn']:.3f} "
                          f"| " + " | ".join(cells) + " |")
                 break
         L += [""]
