@@ -40,6 +40,7 @@ from epg.nn import build_rcm, encode
 from epg.nn.denoiser import autocast
 from epg.noise import add_noise
 from epg.objectives.augment import ViewSpec, augment_view
+from epg.objectives.pretrain import contrastive_views
 from epg.pixels import normalize
 from epg.presets import get_preset
 from epg.rng import SampleRNG
@@ -50,11 +51,8 @@ ARMS = {"supervised": True, "supervised-noaug": False}
 
 
 def view_spec(cfg: Config, augment: bool) -> ViewSpec:
-    p = cfg.pretrain
-    if not augment:
-        return ViewSpec("view1", 0.0, 0.0, 1.0, jitter_p=0.0, gray_p=0.0)
-    return ViewSpec("view1", p.blur_p1, 0.0, p.crop_min_scale, grey_jitter_p=p.grey_jitter_p,
-                    grey_strength=p.grey_strength, erase_p=p.erase_p)
+    """Stage 1's contrastive view 1, or the flip alone (full-area crop, no other op)."""
+    return contrastive_views(cfg)[0] if augment else ViewSpec("view1", 0.0, 0.0, 1.0, jitter_p=0.0, gray_p=0.0)
 
 
 def train(arm: str, seed: int, steps: int, every: int, probe: KnnProbe, cfg: Config, ckpt: Path) -> dict:

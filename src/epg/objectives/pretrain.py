@@ -67,6 +67,14 @@ def consistency_tau(sigma_noisier: torch.Tensor, tau1: float, tau2: float, sigma
     return tau1 * (1 - t) + tau2 * t
 
 
+def contrastive_views(cfg: Config) -> tuple[ViewSpec, ViewSpec]:
+    """The two contrastive views' augmentations as `cfg.pretrain` sets them (view 1 always blurred, view 2 not)."""
+    p = cfg.pretrain
+    extra = dict(grey_jitter_p=p.grey_jitter_p, grey_strength=p.grey_strength, erase_p=p.erase_p)
+    return (ViewSpec("view1", p.blur_p1, 0.0, p.crop_min_scale, **extra),
+            ViewSpec("view2", p.blur_p2, p.solarize_p2, p.crop_min_scale, **extra))
+
+
 class PretrainObjective(Objective):
     """Symmetric contrastive loss (EMA teacher) + representation consistency along one noising trajectory."""
 
@@ -77,10 +85,7 @@ class PretrainObjective(Objective):
         self.teacher = copy.deepcopy(net)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        p = cfg.pretrain
-        extra = dict(grey_jitter_p=p.grey_jitter_p, grey_strength=p.grey_strength, erase_p=p.erase_p)
-        self.views = (ViewSpec("view1", p.blur_p1, 0.0, p.crop_min_scale, **extra),
-                      ViewSpec("view2", p.blur_p2, p.solarize_p2, p.crop_min_scale, **extra))
+        self.views = contrastive_views(cfg)
 
     def _encode(self, net: nn.Module, x: torch.Tensor, sigma_shifted: torch.Tensor, projector: bool) -> torch.Tensor:
         h = encode(net, x, sigma_shifted, self.cfg.noise.sigma_data)
