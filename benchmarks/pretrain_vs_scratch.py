@@ -32,6 +32,8 @@ are one JSON file there, and `--report` rebuilds the table from whatever has fin
         --variant supervised-init --set train.init_from=runs/stage1_ceiling/supervised-seed0
     python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 --seeds 0 --stop-at 1000 \
         --variant ld0.75 --set optim.layer_decay=0.75
+    python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 0 --seeds 0 \
+        --variant lr1e-3 --set optim.lr=1e-3      # then --doses 1 --seeds 1 2 --stop-at 1000
     python benchmarks/pretrain_vs_scratch.py --report
 """
 
@@ -49,7 +51,7 @@ from pathlib import Path
 
 import torch
 from fmnist_classifier import class_accuracy, load_or_train
-from pretrain_vs_scratch_report import _write, arm_name, report
+from pretrain_vs_scratch_report import TABLE_SETTINGS, _write, arm_name, report
 
 from epg.demo import BUDGETS
 from epg.engine.checkpoint import list_checkpoints, load_network, write_checkpoint
@@ -235,7 +237,8 @@ def finetune_arm(args: argparse.Namespace, objective: str, dose: str, seed: int,
     init = pre["doses"][dose]["checkpoint"] if not matched else ""
     cfg = get_preset(args.preset, objective, {
         "train.steps": max(points), "train.seed": seed, "train.init_from": init, "train.log_every": 25,
-        "train.ckpt_every": gcd, "train.keep_every": gcd, "train.keep_last": 1, **args.overrides})
+        "train.ckpt_every": gcd, "train.keep_every": gcd, "train.keep_last": 1,
+        **TABLE_SETTINGS.get(objective, {}), **args.overrides})
     info.update(steps=cfg.train.steps, eval_points=points, init_from=cfg.train.init_from)
     if cfg.train.init_from != init and "init_knn" not in info:  # a variant's own encoder: probe it as the doses
         info["init_knn"] = KnnProbe(cfg).encoder(load_network(cfg.train.init_from)[0])
