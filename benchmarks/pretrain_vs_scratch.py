@@ -40,7 +40,6 @@ are one JSON file there, and `--report` rebuilds the table from whatever has fin
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import shutil
@@ -51,7 +50,8 @@ from pathlib import Path
 
 import torch
 from fmnist_classifier import class_accuracy, load_or_train
-from pretrain_vs_scratch_report import TABLE_SETTINGS, _write, arm_name, report
+from pretrain_vs_scratch_report import TABLE_SETTINGS, arm_name, report
+from results_io import past_deadline, write_json
 
 from epg.demo import BUDGETS
 from epg.engine.checkpoint import list_checkpoints, load_network, write_checkpoint
@@ -68,18 +68,6 @@ from epg.presets import get_preset
 DEMO_PRETRAIN_STEPS = BUDGETS["full"][0]
 STANDARD_DOSES = (0.25, 0.5, 0.75, 1.0)  # the stage-1 run always saves its encoder at these shares
 GRIDS = "pretrain_vs_scratch"  # sub-folder of --results for the sample grids
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%H:%M")
-
-
-def _past_deadline(args: argparse.Namespace) -> bool:
-    """Whether no new training may start (`--no-start-after HH:MM`, UTC)."""
-    if args.no_start_after and _now() >= args.no_start_after:
-        print(f"pretrain_vs_scratch: {_now()} UTC is past --no-start-after {args.no_start_after}: no new training")
-        return True
-    return False
 
 
 def _newest_step(run_dir: Path) -> int:
@@ -121,7 +109,7 @@ def pretrain(args: argparse.Namespace) -> dict:
     run_dir, enc_dir = args.work / "pretrain", args.work / "pretrain-doses"
     # Scratch alone (--doses 0) needs no stage-1 run, so it can run in a second process while the first trains it.
     if not info.get("seconds") and any(step > 0 for step in wanted.values()):
-        if _past_deadline(args):
+        if past_deadline(args.no_start_after, "pretrain_vs_scratch"):
             raise SystemExit(1)
         start = _newest_step(run_dir)
         t0 = time.perf_counter()
@@ -155,7 +143,7 @@ def pretrain(args: argparse.Namespace) -> dict:
                               "stage1_seconds": round(info.get("s_per_step", 0.0) * step, 1)}
         print(f"pretrain_vs_scratch: dose {key} (stage-1 step {step}): k-NN {info['doses'][key]['knn']:.3f} "
               f"(raw pixels {info['knn_pixels']:.3f})", flush=True)
-    _write(out, info)
+    write_json(out, info)
     return info
 
 
@@ -175,7 +163,7 @@ def _train(args: argparse.Namespace, info: dict, cfg, run_dir: Path, points: lis
     steps = cfg.train.steps
     until = min(args.stop_at, steps) if args.stop_at else steps
     start = _newest_step(run_dir)
-    if start >= until or info.get("status") == "diverged" or _past_deadline(args):
+    if start >= until or info.get("status") == "diverged" or past_deadline(args.no_start_after, "pretrain_vs_scratch"):
         return
     t0 = time.perf_counter()
     hooks = [_stop_at(until)] if until < steps else []
@@ -245,7 +233,7 @@ def finetune_arm(args: argparse.Namespace, objective: str, dose: str, seed: int,
     _train(args, info, cfg, run_dir, points)
     if not run_dir.exists():  # nothing started (past the deadline): leave no empty arm behind
         return None
-    _write(out, info)
+    write_json(out, info)
     have = {step: path for step, path in list_checkpoints(run_dir / "checkpoints")}
     for point in points:
         if str(point) in info["evals"] or point not in have:
@@ -254,7 +242,7 @@ def finetune_arm(args: argparse.Namespace, objective: str, dose: str, seed: int,
         info["evals"][str(point)] = evaluate(args, have[point], name, point, judge)
         print(f"pretrain_vs_scratch: {name} step {point}: FID {info['evals'][str(point)]['fid']:.2f}, "
               f"class accuracy {info['evals'][str(point)]['class_acc']:.3f}", flush=True)
-        _write(out, info)
+        write_json(out, info)
     return info
 
 

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from fmnist_classifier import load_or_train
+from results_io import write_results
 
 PAPER = {"diffusion": ("41.36", "59.69"), "consistency": ("33.12", "diverged")}
 # The fine-tuning settings every arm of the table was run with, where the preset has moved on since (a variant's
 # --set still wins): the CPU diffusion preset's lr went 5e-4 → 1e-3 after these arms, as the lr1e-3 variant.
 TABLE_SETTINGS = {"diffusion": {"optim.lr": "5e-4"}}
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def arm_name(objective: str, dose: str, seed: int, matched: bool = False, variant: str = "") -> str:
@@ -138,10 +132,8 @@ def report(args: argparse.Namespace) -> None:
     L += READ_WITH
     L += EARLIER
     table = "\n".join(L) + "\n"
-    (args.results / "pretrain_vs_scratch.md").write_text(table)
-    _write(args.results / "pretrain_vs_scratch.json",
-           {"pretrain": pre, "classifier": judge_meta, "arms": arms})
-    print(table)
+    write_results(args.results / "pretrain_vs_scratch", table,
+                  {"pretrain": pre, "classifier": judge_meta, "arms": arms})
 
 
 def _verdict(arms: list[dict], objective: str, eval_steps: list[int], doses: list[str]) -> list[str]:

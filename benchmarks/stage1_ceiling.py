@@ -27,11 +27,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from results_io import write_results
+from results_io import past_deadline, write_json, write_results
 from torch import nn
 
 from epg.config import Config
 from epg.data import open_dataset
+from epg.demo import BUDGETS
 from epg.engine.checkpoint import write_checkpoint
 from epg.engine.schedule import learning_rate
 from epg.engine.setup import param_groups
@@ -46,6 +47,7 @@ from epg.presets import get_preset
 from epg.rng import SampleRNG
 
 RESULTS = Path(__file__).parent / "results" / "stage1_ceiling"
+DEMO_STEPS = BUDGETS["full"][0]  # the demo's stage 1
 # arm → whether the training images are augmented as the contrastive view 1 (else: the flip only, as stage 2)
 ARMS = {"supervised": True, "supervised-noaug": False}
 
@@ -132,7 +134,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", nargs="*", default=["supervised"], choices=list(ARMS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
-    p.add_argument("--steps", type=int, default=1000, help="the demo's stage 1 (epg.demo.BUDGETS)")
+    p.add_argument("--steps", type=int, default=DEMO_STEPS, help="default: the demo's stage 1")
     p.add_argument("--every", type=int, default=250)
     p.add_argument("--work", type=Path, default=Path("runs/stage1_ceiling"))
     p.add_argument("--report", action="store_true", help="only rebuild the table")
@@ -144,14 +146,10 @@ def main() -> None:
         args.work.mkdir(parents=True, exist_ok=True)
         for arm in args.arms:
             for seed in args.seeds:
-                name = f"{arm}-seed{seed}" if args.steps == 1000 else f"{arm}-{args.steps}steps-seed{seed}"
+                name = f"{arm}-seed{seed}" if args.steps == DEMO_STEPS else f"{arm}-{args.steps}steps-seed{seed}"
                 out = args.work / f"{name}.json"
-                now = time.strftime("%H:%M", time.gmtime())
-                if not out.exists() and args.no_start_after and now >= args.no_start_after:
-                    print(f"stage1_ceiling: {now} UTC is past --no-start-after {args.no_start_after}: {name} not run")
-                elif not out.exists():
-                    info = train(arm, seed, args.steps, args.every, probe, cfg, args.work / name)
-                    out.write_text(json.dumps(info, indent=2) + "\n")
+                if not out.exists() and not past_deadline(args.no_start_after, f"stage1_ceiling: {name}"):
+                    write_json(out, train(arm, seed, args.steps, args.every, probe, cfg, args.work / name))
     report(args.work, probe.pixels())
 
 
