@@ -165,7 +165,8 @@ def _variants(arms: list[dict], objective: str, eval_steps: list[int], pre: dict
         return []
     out = [f"### {objective}: fine-tuning variants", "",
            "Each variant changes only the settings shown (on top of the preset's fine-tuning); `init` is the "
-           "encoder's k-NN. `default` = the same dose and seeds without the variant's settings; `vs scratch` = "
+           "encoder's k-NN. `default` = the same dose and seeds (those the variant has at that step) without the "
+           "variant's settings; `vs scratch` = "
            "mean FID against the scratch row above (all its seeds) at the same step.", "",
            "| variant | settings | dose | init k-NN | " + " | ".join(
                f"FID @ {e} | default @ {e} | vs scratch @ {e} | class acc @ {e}" for e in eval_steps) + " |",
@@ -179,7 +180,9 @@ def _variants(arms: list[dict], objective: str, eval_steps: list[int], pre: dict
         for e in eval_steps:
             fid, scr = (_values(arms, objective, dose, False, e, "fid", variant),
                         _values(arms, objective, "0", False, e, "fid"))
-            default = _values([a for a in arms if a["seed"] in seeds], objective, dose, False, e, "fid")
+            # the default arm over the seeds this variant has at step e (all of its seeds where it has none yet)
+            done = {a["seed"] for a in mine if a["evals"].get(str(e), {}).get("status") == "ok"} or seeds
+            default = _values([a for a in arms if a["seed"] in done], objective, dose, False, e, "fid")
             change = f"{100 * (sum(fid) / len(fid) / (sum(scr) / len(scr)) - 1):+.1f} %" if fid and scr else "–"
             cells += [_stats(fid, ".1f"), _stats(default, ".1f"), change,
                       _stats(_values(arms, objective, dose, False, e, "class_acc", variant), ".3f")]
