@@ -86,9 +86,10 @@ CPU_RECIPES: dict[str, Callable[[int], dict]] = {
                            "pretrain.blur_p2": 0.0, "pretrain.solarize_p2": 0.0},
     "diffusion": lambda n: {
         # lr 1e-3 over 5e-4: lower FID at every paired seed, pre-trained and scratch alike (FID @ 1 000 steps
-        # 115.0 / 109.1 / 114.2 vs 126.9 / 118.4 / 124.3 for seeds 0–2 from the stage-1 encoder, 117.9 vs
-        # 132.0 from scratch; @ 2 000 102.3 vs 109.0 and 100.5 vs 112.2); 2e-3 gave 115.9 @ 1 000 (the
-        # `lr1e-3` / `lr2e-3` variants in benchmarks/results/pretrain_vs_scratch.md).
+        # 115.0 / 109.1 / 114.2 vs 126.9 / 118.4 / 124.3 for seeds 0–2 from the stage-1 encoder, @ 2 000
+        # 102.3 / 96.0 / 101.6 vs 109.0 / 102.5 / 104.6; from scratch, 3-seed means 115.1 vs 126.0 and 98.5 vs
+        # 107.6); 2e-3 gave 115.9 @ 1 000 (the `lr1e-3` / `lr2e-3` variants in
+        # benchmarks/results/pretrain_vs_scratch.md).
         "optim.lr": 1e-3, "optim.ema": 0.999,
         # The paper's grid weight spans 1e4 between σ_min and σ_max, so at batch 64 each step's gradient is
         # set by its one or two lowest-σ samples and high noise is never learnt in thousands of steps (the
