@@ -33,7 +33,9 @@ are one JSON file there, and `--report` rebuilds the table from whatever has fin
     python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 --seeds 0 --stop-at 1000 \
         --variant ld0.75 --set optim.layer_decay=0.75
     python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 0 --seeds 0 \
-        --variant lr1e-3 --set optim.lr=1e-3      # then --doses 1 --seeds 1 2 --stop-at 1000
+        --variant lr1e-3 --set optim.lr=1e-3      # then --doses 1 0 --seeds 1 2
+    python benchmarks/pretrain_vs_scratch.py --objectives consistency --doses 1 --seeds 0 1 2 \
+        --variant noaux --set consistency.aux_weight=0
     python benchmarks/pretrain_vs_scratch.py --report
 """
 
