@@ -261,8 +261,14 @@ def loop_info_nce(q: torch.Tensor, k: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
+def test_the_cpu_presets_train_without_the_aux_term_and_the_paper_presets_with_it():
+    assert tiny_cfg().consistency.aux_weight == 0.0  # measured: presets.CPU_RECIPES["consistency"]
+    assert get_preset("fmnist-small", "consistency").consistency.aux_weight == 0.0
+    assert get_preset("epg-l-16-in256", "consistency").consistency.aux_weight == 1.0  # METHOD.md §5
+
+
 def test_auxiliary_infonce_through_a_frozen_stage1_network():
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**{"consistency.aux_weight": 1.0})
     net = random_generator(cfg)
     torch.manual_seed(7)
     frozen = build_rcm(cfg.model)
@@ -343,7 +349,7 @@ def test_consistency_run_from_a_stage1_checkpoint_then_epg_sample(tmp_path, caps
     rcm, _, _ = load_network(stage1.checkpoint, prefer_ema=False)
     w0 = {k: v.clone() for k, v in rcm.state_dict().items()}
     cfg = tiny_config("consistency", **{"train.steps": 3, "train.init_from": str(stage1.checkpoint),
-                                        "model.dropout": 0.5})
+                                        "model.dropout": 0.5, "consistency.aux_weight": 1.0})
     trainer = Trainer(cfg, tmp_path / "cm", dataset=Synthetic())
     frozen = trainer.model.objective.frozen
     assert frozen is not None and not frozen.training

@@ -189,7 +189,8 @@ def _crash_after(run_dir, step):
 def test_case7_a_resumed_stage2_run_never_rereads_init(tmp_path):
     stage1 = tmp_path / "stage1"
     _train(stage1, "pretrain", **{"train.steps": 2, "train.ckpt_every": 1})
-    init = {"train.init_from": str(stage1), "train.steps": 4, "train.ckpt_every": 2}
+    # aux on, so the consistency run also holds the frozen stage-1 network W that a resume must not reread
+    init = {"train.init_from": str(stage1), "train.steps": 4, "train.ckpt_every": 2, "consistency.aux_weight": 1.0}
     _train(tmp_path / "ref", "consistency", **init)
     for stage in ("consistency", "diffusion"):
         _train(tmp_path / stage, stage, **init)

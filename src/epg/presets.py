@@ -104,9 +104,14 @@ CPU_RECIPES: dict[str, Callable[[int], dict]] = {
     # in ECT stage 1 (the largest t − r) make most classes recognisable. Weight 1 instead of 1/(t' − r')
     # (≈ 1/t at low noise, like the diffusion grid weight) made no measurable difference at lr 2e-4; it
     # is kept for consistency with the diffusion recipe (benchmarks/results/consistency_recipe.md).
+    # No auxiliary InfoNCE (METHOD.md §5 has weight 1): from the demo's stage-1 encoder it costs 1-step FID
+    # at every seed, 221.5 [217.8–224.3] vs 205.2 [193.8–214.6] at step 1 000 and 171.0 [162.9–180.9] vs
+    # 153.4 [152.1–155.0] at 2 000 (3 seeds, ranges apart; the `noaux` variant of
+    # benchmarks/results/pretrain_vs_scratch.md). `--consistency.aux_weight 1` restores it.
     "consistency": lambda n: {"optim.lr": 2e-3, "optim.ema": 0.999, "optim.milestones": (int(n * 0.8),),
                               "optim.factors": (0.3,), "consistency.weighting": "uniform",
-                              "consistency.stage_length": n, "model.dropout": 0.1},
+                              "consistency.stage_length": n, "model.dropout": 0.1,
+                              "consistency.aux_weight": 0.0},
 }
 
 
