@@ -182,7 +182,7 @@ def _variants(arms: list[dict], objective: str, eval_steps: list[int], pre: dict
             fid, scr = (_values(arms, objective, dose, False, e, "fid", variant),
                         _values(arms, objective, "0", False, e, "fid"))
             # the default arm over the seeds this variant has at step e (all of its seeds where it has none yet)
-            done = {a["seed"] for a in mine if a["evals"].get(str(e), {}).get("status") == "ok"} or seeds
+            done = {a["seed"] for a in mine if _values([a], objective, dose, False, e, "fid", variant)} or seeds
             default = _values([a for a in arms if a["seed"] in done], objective, dose, False, e, "fid")
             change = f"{100 * (sum(fid) / len(fid) / (sum(scr) / len(scr)) - 1):+.1f} %" if fid and scr else "–"
             cells += [_stats(fid, ".1f"), _stats(default, ".1f"), change,
