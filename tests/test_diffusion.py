@@ -53,16 +53,17 @@ def run(weighting: str, n: int = 16, seed: int = 3, step: int = 5, **extra):
     return cfg, net, images, labels, SampleRNG(cfg.train.seed, step, positions), loss, terms
 
 
-@pytest.mark.parametrize("weighting", ["grid", "edm", "uniform"])
-def test_loss_recomputed_by_hand(weighting):
-    cfg, net, images, labels, rng, loss, terms = run(weighting)
+@pytest.mark.parametrize("weighting, cap", [("grid", 0.0), ("edm", 0.0), ("uniform", 0.0), ("edm", 40.0),
+                                            ("grid", 1000.0)])
+def test_loss_recomputed_by_hand(weighting, cap):
+    cfg, net, images, labels, rng, loss, terms = run(weighting, **{"diffusion.weight_cap": cap})
     x_in, c_noise, y = net.calls[0]
     shift = cfg.sigma_shift
     assert shift == 0.5  # 32-pixel images: s = H/64
     x0 = images.double() / 127.5 - 1.0
     u = rng.randn("sigma", device="cpu").double()
     eps = rng.randn("eps", 1, 32, 32).double()
-    expected, sigmas = [], []
+    expected, sigmas, capped = [], [], []
     for b in range(len(images)):
         target = math.exp(-1.2 + 1.6 * float(u[b]))  # log-normal σ, unshifted
         i = min(range(1280), key=lambda k: abs(hand_karras(k) - target))  # snapped to the 1280-point grid
@@ -77,8 +78,13 @@ def test_loss_recomputed_by_hand(weighting):
         lam = {"grid": 1.0 / (sigma - hand_karras(i + 1)),
                "edm": (sigma**2 + 0.25) / (sigma * 0.5) ** 2,
                "uniform": 1.0}[weighting]
+        if cap:
+            capped.append(lam > cap)
+            lam = min(lam, cap)
         expected.append(lam * mse)
     assert len(set(sigmas)) > 8  # the draws really differ per sample
+    if cap:  # the cap binds for some samples of the batch and not for others
+        assert 0 < sum(capped) < len(capped)
     assert float(loss.detach()) == pytest.approx(sum(expected) / len(expected), rel=1e-4)
 
 

@@ -135,6 +135,7 @@ class DiffusionConfig:
     p_std: float = 1.6
     grid_points: int = 1280
     weighting: str = "grid"  # grid | edm | uniform (plain x0 MSE; the CPU presets, see presets.py)
+    weight_cap: float = 0.0  # λ ← min(λ, weight_cap); 0 = no cap (not in the paper; see presets.py)
     label_dropout: float = 0.1
 
 
@@ -306,7 +307,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "model.enc_width": (0, _INF, False), "model.enc_heads": (0, _INF, False), "model.dec_width": (0, _INF, False),
     "model.dec_heads": (0, _INF, False), "model.num_classes": (0, _INF, True), "model.dropout": (0, 1, True),
     "noise.sigma_min": (0, _INF, False), "noise.sigma_max": (0, _INF, False), "noise.sigma_data": (0, _INF, False),
-    "diffusion.label_dropout": (0, 1, True),
+    "diffusion.label_dropout": (0, 1, True), "diffusion.weight_cap": (0, _INF, True),
 }
 _HINTS = {"train.keep_last": " (the newest checkpoint is what a rerun resumes from)"}
 

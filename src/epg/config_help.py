@@ -88,6 +88,7 @@ HELP: dict[str, str] = {
     "diffusion.p_std": "log-normal σ distribution: std of log σ",
     "diffusion.grid_points": "points of the Karras grid σ is snapped to",
     "diffusion.weighting": "grid (paper, 1/(σ_i − σ_i+1)) | edm | uniform (plain x0 MSE)",
+    "diffusion.weight_cap": "cap on the loss weight: λ ← min(λ, cap); 0 = none (the paper's weights are uncapped)",
     "diffusion.label_dropout": "probability of the null label (for CFG)",
     "consistency.p_mean": "t distribution: mean of log t",
     "consistency.p_std": "t distribution: std of log t",

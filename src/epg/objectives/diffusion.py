@@ -40,6 +40,8 @@ class DiffusionObjective(Objective):
             weight = edm_weight(sigma, n.sigma_data)
         else:  # "uniform": λ = 1
             weight = torch.ones_like(sigma)
+        if d.weight_cap > 0:  # not in the paper: bounds how far the lowest-σ samples of a batch outweigh the rest
+            weight = weight.clamp(max=d.weight_cap)
         dev = x0.device
         sigma_s = (sigma * cfg.sigma_shift).float().to(dev, non_blocking=True)
         eps = rng.randn("eps", *x0.shape[1:])
