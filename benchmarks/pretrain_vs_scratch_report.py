@@ -159,35 +159,59 @@ def _verdict(arms: list[dict], objective: str, eval_steps: list[int], doses: lis
     return out + [""] if out else []
 
 
+def _base_variant(arms: list[dict], objective: str, variant: str) -> str:
+    """The variant a variant builds on: the one whose settings are the largest strict subset of its own (so
+    `lr1e-3` + a weighting is compared with `lr1e-3`, not with the preset's pinned defaults); between equally large
+    ones the one with more arms, then the first name; "" = the defaults."""
+    ours = [a for a in arms if a["objective"] == objective and a.get("variant")]
+    settings = {a["variant"]: a["overrides"] for a in ours}
+    mine = settings[variant].items()
+    bases = [(-len(o), -sum(a["variant"] == name for a in ours), name) for name, o in settings.items()
+             if name != variant and o.items() < mine]
+    return min(bases)[2] if bases else ""
+
+
+def _scratch_fids(arms: list[dict], objective: str, e: int, base: str) -> list[float]:
+    """Scratch (dose 0) FIDs at step e of the base, else of the base's own base, … down to the defaults."""
+    while True:
+        fids = _values(arms, objective, "0", False, e, "fid", base)
+        if fids or not base:
+            return fids
+        base = _base_variant(arms, objective, base)
+
+
 def _variants(arms: list[dict], objective: str, eval_steps: list[int], pre: dict) -> list[str]:
-    """One row per fine-tuning variant (`--variant NAME --set KEY=VALUE …`) and dose, beside scratch's FID."""
+    """One row per fine-tuning variant (`--variant NAME --set KEY=VALUE …`) and dose, beside its base and scratch."""
     keys = sorted({(a["variant"], a["dose"]) for a in arms if a["objective"] == objective and a.get("variant")})
     if not keys:
         return []
     out = [f"### {objective}: fine-tuning variants", "",
            "Each variant changes only the settings shown (on top of the preset's fine-tuning); `init` is the "
-           "encoder's k-NN. `default` = the same dose and seeds (those the variant has at that step) without the "
-           "variant's settings; `vs scratch` = "
-           "mean FID against the scratch row above (all its seeds) at the same step.", "",
-           "| variant | settings | dose | init k-NN | " + " | ".join(
-               f"FID @ {e} | default @ {e} | vs scratch @ {e} | class acc @ {e}" for e in eval_steps) + " |",
-           "|---|---|---|---|" + "---|---|---|---|" * len(eval_steps)]
+           "encoder's k-NN. `base` = what the variant is compared with: the variant whose settings are the largest "
+           "part of its own (\"–\" = none: the table's default fine-tuning); `base @` = that base at the same dose "
+           "and seeds (those the variant has at that step); `vs scratch` = mean FID against the base's scratch arm "
+           "(dose 0, all its seeds; where it has none, its own base's, down to the default scratch row) at the same "
+           "step.", "",
+           "| variant | settings | base | dose | init k-NN | " + " | ".join(
+               f"FID @ {e} | base @ {e} | vs scratch @ {e} | class acc @ {e}" for e in eval_steps) + " |",
+           "|---|---|---|---|---|" + "---|---|---|---|" * len(eval_steps)]
     for variant, dose in keys:
         mine = [a for a in arms if a.get("variant") == variant and a["dose"] == dose and a["objective"] == objective]
         knn = next((a["init_knn"] for a in mine if "init_knn" in a), pre["doses"][dose]["knn"])
         settings = ", ".join(f"`{k}={v}`" for k, v in mine[0]["overrides"].items())
+        base = _base_variant(arms, objective, variant)
         seeds = {a["seed"] for a in mine}
         cells = []
         for e in eval_steps:
-            fid, scr = (_values(arms, objective, dose, False, e, "fid", variant),
-                        _values(arms, objective, "0", False, e, "fid"))
-            # the default arm over the seeds this variant has at step e (all of its seeds where it has none yet)
+            fid = _values(arms, objective, dose, False, e, "fid", variant)
+            scr = _scratch_fids(arms, objective, e, base)
+            # the base arm over the seeds this variant has at step e (all of its seeds where it has none yet)
             done = {a["seed"] for a in mine if _values([a], objective, dose, False, e, "fid", variant)} or seeds
-            default = _values([a for a in arms if a["seed"] in done], objective, dose, False, e, "fid")
+            default = _values([a for a in arms if a["seed"] in done], objective, dose, False, e, "fid", base)
             change = f"{100 * (sum(fid) / len(fid) / (sum(scr) / len(scr)) - 1):+.1f} %" if fid and scr else "–"
             cells += [_stats(fid, ".1f"), _stats(default, ".1f"), change,
                       _stats(_values(arms, objective, dose, False, e, "class_acc", variant), ".3f")]
-        out.append(f"| {variant} | {settings} | {dose} | {knn:.3f} | " + " | ".join(cells) + " |")
+        out.append(f"| {variant} | {settings} | {base or '–'} | {dose} | {knn:.3f} | " + " | ".join(cells) + " |")
     return out + [""]
 
 

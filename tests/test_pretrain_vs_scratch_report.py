@@ -7,16 +7,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from pretrain_vs_scratch_report import _stats, _variants  # noqa: E402
 
 
-def _arm(seed: int, dose: str, fids: dict[int, float], variant: str = "") -> dict:
+def _arm(seed: int, dose: str, fids: dict[int, float], variant: str = "", overrides: dict | None = None) -> dict:
     arm = {"objective": "diffusion", "dose": dose, "seed": seed,
            "evals": {str(e): {"status": "ok", "fid": f, "class_acc": 0.5} for e, f in fids.items()}}
     if variant:
-        arm |= {"variant": variant, "overrides": {"optim.lr": "1e-3"}}
+        arm |= {"variant": variant, "overrides": overrides or {"optim.lr": "1e-3"}}
     return arm
 
 
-def _row(lines: list[str]) -> list[str]:
-    row = next(line for line in lines if line.startswith("| lr1e-3 |"))
+def _row(lines: list[str], variant: str = "lr1e-3") -> list[str]:
+    row = next(line for line in lines if line.startswith(f"| {variant} |"))
     return [c.strip() for c in row.strip("|").split("|")]
 
 
@@ -27,9 +27,10 @@ def test_default_column_uses_the_seeds_the_variant_has_at_that_step():
     arms += [_arm(0, "1", {1000: 80.0, 2000: 70.0}, "lr1e-3")]
     arms += [_arm(s, "1", {1000: 80.0 + s}, "lr1e-3") for s in (1, 2)]
     cells = _row(_variants(arms, "diffusion", [1000, 2000], {"doses": {"1": {"knn": 0.7}}}))
-    # columns: variant, settings, dose, knn, then (FID, default, vs scratch, class acc) per step
-    fid1, default1, vs1 = cells[4:7]
-    fid2, default2, vs2 = cells[8:11]
+    # columns: variant, settings, base, dose, knn, then (FID, base, vs scratch, class acc) per step
+    assert cells[2] == "–"  # no other variant's settings are part of its own: compared with the defaults
+    fid1, default1, vs1 = cells[5:8]
+    fid2, default2, vs2 = cells[9:12]
     assert fid1 == _stats([80.0, 81.0, 82.0], ".1f") and default1 == _stats([100.0, 101.0, 102.0], ".1f")
     assert vs1 == f"{100 * (81.0 / 130.0 - 1):+.1f} %"
     # at step 2000 the default is seed 0's alone (90.0), not the mean over its 3 seeds (100.0)
@@ -41,4 +42,27 @@ def test_default_column_falls_back_to_all_variant_seeds_where_the_variant_has_no
     arms = [_arm(0, "1", {1000: 100.0, 2000: 90.0}), _arm(1, "1", {1000: 102.0, 2000: 94.0}),
             _arm(0, "0", {1000: 130.0, 2000: 110.0}), _arm(0, "1", {1000: 80.0}, "lr1e-3")]
     cells = _row(_variants(arms, "diffusion", [1000, 2000], {"doses": {"1": {"knn": 0.7}}}))
-    assert cells[8] == "–" and cells[9] == _stats([90.0], ".1f") and cells[10] == "–"
+    assert cells[9] == "–" and cells[10] == _stats([90.0], ".1f") and cells[11] == "–"
+
+
+def test_a_variant_built_on_another_is_compared_with_it_and_with_its_scratch_arm():
+    both = {"optim.lr": "1e-3", "diffusion.p_mean": "0"}
+    arms = [_arm(0, "1", {2000: 110.0}), _arm(0, "0", {2000: 120.0})]  # the pinned defaults
+    arms += [_arm(s, "1", {2000: 100.0 + s}, "lr1e-3") for s in (0, 1)]
+    arms += [_arm(s, "0", {2000: 96.0 + 2 * s}, "lr1e-3") for s in (0, 1, 2)]  # lr1e-3's scratch arm
+    arms += [_arm(0, "1", {2000: 90.0}, "lr1e-3-pmean0", both)]
+    arms += [_arm(0, "1", {2000: 95.0}, "pmean0", {"diffusion.p_mean": "0"})]  # as large a subset, fewer arms
+    arms += [_arm(0, "1", {2000: 95.0}, "other", {"optim.lr": "2e-3"})]  # same key, other value: not a subset
+    # built on lr1e-3-pmean0, which has no scratch arm: its scratch comparison falls through to lr1e-3's
+    arms += [_arm(0, "1", {2000: 85.0}, "lr1e-3-pmean0-cap", both | {"diffusion.weight_cap": "40"})]
+    lines = _variants(arms, "diffusion", [2000], {"doses": {"0": {"knn": 0.6}, "1": {"knn": 0.7}}})
+    cells = _row(lines, "lr1e-3-pmean0")
+    assert cells[2] == "lr1e-3"
+    # base @ 2000: lr1e-3 at seed 0 only (the variant's seeds), not the defaults' 110.0 nor lr1e-3's seed 1
+    assert cells[6] == _stats([100.0], ".1f")
+    assert cells[7] == f"{100 * (90.0 / 98.0 - 1):+.1f} %"  # against lr1e-3's scratch mean, not 120.0
+    assert _row(lines, "lr1e-3")[2] == "–" and _row(lines, "other")[2] == "–"
+    assert _row(lines, "pmean0")[2] == "–"
+    deeper = _row(lines, "lr1e-3-pmean0-cap")
+    assert deeper[2] == "lr1e-3-pmean0" and deeper[6] == _stats([90.0], ".1f")
+    assert deeper[7] == f"{100 * (85.0 / 98.0 - 1):+.1f} %"
