@@ -36,6 +36,10 @@ are one JSON file there, and `--report` rebuilds the table from whatever has fin
         --variant lr1e-3 --set optim.lr=1e-3      # then --doses 1 0 --seeds 1 2
     python benchmarks/pretrain_vs_scratch.py --objectives consistency --doses 1 --seeds 0 1 2 \
         --variant noaux --set consistency.aux_weight=0
+    python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 --seeds 0 --eval-steps 2000 \
+        --variant lr1e-3-edm-cap40 --set optim.lr=1e-3 diffusion.weighting=edm diffusion.weight_cap=40 optim.grad_clip=0
+    python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 --seeds 0 1 2 --eval-steps 4000 \
+        --variant lr1e-3-b32 --set optim.lr=1e-3 train.global_batch=32      # the same images in twice the steps
     python benchmarks/pretrain_vs_scratch.py --report
 """
 
