@@ -2,7 +2,8 @@
 
 For each run directory's newest checkpoint, the EMA network's x̂0 MSE against x0
 at each unshifted σ on the same 256 held-out test images with the same fixed noise (`sigma_sensitivity.
-denoising_mse`), beside the FID the ablation measured for it where `--ablation` has that arm. Copying the input
+denoising_mse`), beside the FID that the ablation's result file next to the run directory (`<run>.json`, written
+by pretrain_vs_scratch.py) has for that step. Copying the input
 scores (σ·s)² (s = 0.5 at 32 pixels); the class mean ≈ 0.16. Writes a table and JSON.
 
     python benchmarks/denoising_error.py runs/pretrain_vs_scratch_v3/diffusion-lr1e-3-dose1-seed0 \
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
-from results_io import write_json  # benchmarks/ is on sys.path when run as a script
+from results_io import write_results  # benchmarks/ is on sys.path when run as a script
 from sigma_sensitivity import denoising_mse
 
 from epg.engine.checkpoint import list_checkpoints, load_network
@@ -51,17 +53,14 @@ def main() -> None:
         print(f"denoising_error: {run.name} step {step}: " + " ".join(f"{m:.4f}" for m in mse), flush=True)
     lines = [f"# x̂0 MSE per noise level (EMA weights, {args.n} test images, fixed noise)", "",
              "Copying the input scores (σ·0.5)²; predicting the class mean ≈ 0.16. Rerun: "
-             f"`python benchmarks/denoising_error.py {' '.join(r.name for r in args.runs)}` (run directories under "
-             "runs/pretrain_vs_scratch_v3/).", "",
+             f"`python benchmarks/denoising_error.py {' '.join(os.path.relpath(r) for r in args.runs)}`.", "",
              "| run | step | FID | " + " | ".join(f"σ = {s:g}" for s in SIGMAS) + " |",
              "|---|---|---|" + "---|" * len(SIGMAS)]
     for r in rows:
         fid = f"{r['fid']:.1f}" if r["fid"] is not None else "–"
         lines.append(f"| {r['run']} | {r['step']} | {fid} | " + " | ".join(f"{v:.4f}" for v in r["x0_mse"].values())
                      + " |")
-    (args.results / f"{args.out}.md").write_text("\n".join(lines) + "\n")
-    write_json(args.results / f"{args.out}.json", {"sigmas": SIGMAS, "n": args.n, "rows": rows})
-    print("\n".join(lines))
+    write_results(args.results / args.out, "\n".join(lines), {"sigmas": SIGMAS, "n": args.n, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ class DiffusionConfig:
     p_std: float = 1.6
     grid_points: int = 1280
     weighting: str = "grid"  # grid | edm | uniform (plain x0 MSE; the CPU presets, see presets.py)
-    weight_cap: float = 0.0  # λ ← min(λ, weight_cap); 0 = no cap (not in the paper; see presets.py)
+    weight_cap: float = 0.0  # λ ← min(λ, weight_cap); 0 = no cap (not in the paper; measured in README)
     label_dropout: float = 0.1
 
 
