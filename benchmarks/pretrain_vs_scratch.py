@@ -40,7 +40,16 @@ are one JSON file there, and `--report` rebuilds the table from whatever has fin
         --variant lr1e-3-edm-cap40 --set optim.lr=1e-3 diffusion.weighting=edm diffusion.weight_cap=40 optim.grad_clip=0
     python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 --seeds 0 1 2 --eval-steps 4000 \
         --variant lr1e-3-b32 --set optim.lr=1e-3 train.global_batch=32      # the same images in twice the steps
+    python benchmarks/stage1_ceiling.py --arms supervised-noaug --steps 4000 --every 1000   # k-NN 0.864, then:
+    python benchmarks/pretrain_vs_scratch.py --objectives diffusion --doses 1 --seeds 0 1 2 --variant lr1e-3-sup4000 \
+        --set optim.lr=1e-3 train.init_from=runs/stage1_ceiling/supervised-noaug-4000steps-seed0
+    python benchmarks/pretrain_vs_scratch.py --objectives consistency --doses 1 --seeds 0 1 2 --variant noaux-sup4000 \
+        --set consistency.aux_weight=0 train.init_from=runs/stage1_ceiling/supervised-noaug-4000steps-seed0
     python benchmarks/pretrain_vs_scratch.py --report
+
+The arms' records are also collected in results/pretrain_vs_scratch.json. On a machine without the work folder,
+`--restore` first writes them back into `--work` (keeping any file already there), so that new arms are added to the
+table rather than replacing it; the restored arms have no checkpoints, so they are reported, not trained further.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from pathlib import Path
 
 import torch
 from fmnist_classifier import class_accuracy, load_or_train
-from pretrain_vs_scratch_report import TABLE_SETTINGS, arm_name, report
+from pretrain_vs_scratch_report import TABLE_SETTINGS, arm_name, report, restore
 from results_io import past_deadline, write_json
 
 from epg.demo import BUDGETS
@@ -227,6 +236,8 @@ def finetune_arm(args: argparse.Namespace, objective: str, dose: str, seed: int,
                     extra_steps=int(round(pre["seconds"] / s_per_step / 50) * 50))
     extra = info.get("extra_steps", 0)
     points = [e + extra for e in args.eval_steps]
+    if all(str(point) in info["evals"] for point in points):  # done (a restored arm has no checkpoints here)
+        return info
     gcd = reduce(math.gcd, points)
     init = pre["doses"][dose]["checkpoint"] if not matched else ""
     cfg = get_preset(args.preset, objective, {
@@ -274,12 +285,17 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="the variant's config overrides of the fine-tuning runs (e.g. optim.layer_decay=0.75)")
     p.add_argument("--report", action="store_true", help="only write the table from finished arms")
+    p.add_argument("--restore", action="store_true",
+                   help="first write the arms of --results' pretrain_vs_scratch.json missing from --work back into it")
     args = p.parse_args()
     if bool(args.variant) != bool(args.set):
         p.error("--variant and --set go together")
     if any("=" not in kv for kv in args.set):
         p.error(f"--set takes KEY=VALUE pairs, not {[kv for kv in args.set if '=' not in kv]}")
     args.overrides = dict(kv.split("=", 1) for kv in args.set)
+    if args.restore:
+        n = restore(args.work, args.results / "pretrain_vs_scratch.json")
+        print(f"pretrain_vs_scratch: restored {n} record(s) into {args.work}")
     args.work.mkdir(parents=True, exist_ok=True)
     (args.results / GRIDS).mkdir(parents=True, exist_ok=True)
     if not args.report:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from fmnist_classifier import load_or_train
-from results_io import write_results
+from results_io import write_json, write_results
 
 PAPER = {"diffusion": ("41.36", "59.69"), "consistency": ("33.12", "diverged")}
 # The fine-tuning settings every arm of the table was run with, where the preset has moved on since (a variant's
@@ -21,6 +22,27 @@ TABLE_SETTINGS = {"diffusion": {"optim.lr": "5e-4"}, "consistency": {"consistenc
 
 def arm_name(objective: str, dose: str, seed: int, matched: bool = False, variant: str = "") -> str:
     return f"{objective}-{variant + '-' if variant else ''}{'matched-scratch' if matched else 'dose' + dose}-seed{seed}"
+
+
+def restore(work: Path, results_json: Path) -> int:
+    """Write the stage-1 record and every arm of a results JSON back into `work` as the runs left them, so that
+    on a machine without the work folder new arms are added to the table instead of replacing it. Files already
+    in `work` are kept (they are newer); returns how many were written. The runs' checkpoints are not restored:
+    such arms are only reported, and an arm that is asked to train further starts again."""
+    if not results_json.is_file():
+        raise SystemExit(f"pretrain_vs_scratch: no results to restore at {results_json}")
+    saved = json.loads(results_json.read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    files = {"pretrain.json": saved["pretrain"]}
+    for arm in saved["arms"]:
+        name = arm_name(arm["objective"], arm["dose"], arm["seed"], arm.get("matched", False), arm.get("variant", ""))
+        files[f"{name}.json"] = arm
+    written = 0
+    for name, record in files.items():
+        if not (work / name).exists():
+            write_json(work / name, record)
+            written += 1
+    return written
 
 
 def _stats(values: list[float], fmt: str) -> str:

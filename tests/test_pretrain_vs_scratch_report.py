@@ -1,7 +1,11 @@
 """The ablation's variant table (benchmarks/pretrain_vs_scratch_report.py): each column compares like with like."""
 
+import argparse
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from pretrain_vs_scratch_report import _stats, _variants  # noqa: E402
@@ -66,3 +70,41 @@ def test_a_variant_built_on_another_is_compared_with_it_and_with_its_scratch_arm
     deeper = _row(lines, "lr1e-3-pmean0-cap")
     assert deeper[2] == "lr1e-3-pmean0" and deeper[6] == _stats([90.0], ".1f")
     assert deeper[7] == f"{100 * (85.0 / 98.0 - 1):+.1f} %"
+
+
+def test_restore_writes_the_saved_arms_back_under_their_names_and_keeps_newer_files(tmp_path):
+    from pretrain_vs_scratch_report import _collect, arm_name, restore
+
+    pre = {"steps": 1000, "doses": {"1": {"knn": 0.7}}}
+    arms = [_arm(0, "1", {1000: 100.0}), _arm(1, "0", {1000: 120.0}), _arm(2, "1", {1000: 90.0}, "lr1e-3")]
+    saved = tmp_path / "pretrain_vs_scratch.json"
+    saved.write_text(json.dumps({"pretrain": pre, "classifier": {}, "arms": arms}))
+    work = tmp_path / "work"
+    work.mkdir()
+    newer = _arm(0, "1", {1000: 99.0, 2000: 80.0})  # the same arm, since evaluated further: not overwritten
+    (work / "diffusion-dose1-seed0.json").write_text(json.dumps(newer))
+    assert restore(work, saved) == 3  # pretrain.json and the two arms missing from the work folder
+    assert json.loads((work / "pretrain.json").read_text()) == pre
+    assert json.loads((work / "diffusion-lr1e-3-dose1-seed2.json").read_text()) == arms[2]
+    assert json.loads((work / "diffusion-dose0-seed1.json").read_text()) == arms[1]
+    assert json.loads((work / "diffusion-dose1-seed0.json").read_text()) == newer
+    names = sorted(arm_name(a["objective"], a["dose"], a["seed"], variant=a.get("variant", ""))
+                   for a in _collect(argparse.Namespace(work=work)))
+    assert names == ["diffusion-dose0-seed1", "diffusion-dose1-seed0", "diffusion-lr1e-3-dose1-seed2"]
+    assert restore(work, saved) == 0  # idempotent
+    with pytest.raises(SystemExit, match="no results to restore"):
+        restore(work, tmp_path / "missing.json")
+
+
+def test_an_arm_evaluated_at_every_point_is_not_trained_again(tmp_path):
+    import pretrain_vs_scratch as pvs
+
+    arm = _arm(0, "1", {1000: 100.0, 2000: 90.0})
+    (tmp_path / "diffusion-dose1-seed0.json").write_text(json.dumps(arm))
+    args = argparse.Namespace(work=tmp_path, variant="", overrides={}, eval_steps=[1000, 2000], preset="fmnist-tiny")
+    # `pre` names no encoder: reaching the fine-tuning set-up would fail, so returning the arm means it was skipped
+    assert pvs.finetune_arm(args, "diffusion", "1", 0, {"doses": {}}, judge=None) == arm
+    assert not (tmp_path / "diffusion-dose1-seed0").exists()
+    args.eval_steps = [1000, 2000, 4000]  # a point not yet evaluated: it goes on to set the run up
+    with pytest.raises(KeyError):
+        pvs.finetune_arm(args, "diffusion", "1", 0, {"doses": {}}, judge=None)
