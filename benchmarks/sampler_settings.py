@@ -32,6 +32,7 @@ from epg.generate import generate
 from epg.metrics import fid_against
 
 RESULTS = Path(__file__).parent / "results"
+WORK = Path("runs/sampler_settings")
 
 
 def name_of(cfg_scale: float, sampler: str, steps: int, online: bool) -> str:
@@ -46,7 +47,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="*", default=[0], help="sample.steps values (0: the checkpoint's)")
     p.add_argument("--online", action="store_true", help="the online weights instead of the EMA")
     p.add_argument("--num", type=int, default=1000)
-    p.add_argument("--work", type=Path, default=Path("runs/sampler_settings"))
+    p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--results", type=Path, default=RESULTS)
     a = p.parse_args()
     net, cfg0, path = load_network(a.checkpoint, prefer_ema=not a.online)
@@ -93,8 +94,10 @@ def main() -> None:
         lines.append(f"| {r['weights']} | {r['cfg_scale']:g}{star} | {r['sampler']} | {r['steps']} | "
                      f"{r['nfe']} | {r['fid']:.2f} | "
                      f"{r['class_acc']:.3f} | {r['sample_seconds']:.0f} | [png]({r['grid']}) |")
-    lines += ["", f"Rerun a row: `python benchmarks/sampler_settings.py {a.checkpoint} --cfg SCALE --samplers SAMPLER "
-              "[--steps N] [--online]` (rows already in `--work` are only re-read).", ""]
+    where = "".join(f" --{k} {v}" for k, v, default in (("work", a.work, WORK), ("results", a.results, RESULTS))
+                    if v != default)  # a table kept apart from the default one names its folders
+    lines += ["", f"Rerun a row: `python benchmarks/sampler_settings.py {a.checkpoint}{where} --cfg SCALE --samplers "
+              "SAMPLER [--steps N] [--online]` (rows already in `--work` are only re-read).", ""]
     write_results(a.results / "sampler_settings", "\n".join(lines), rows)
 
 
