@@ -49,7 +49,8 @@ are one JSON file there, and `--report` rebuilds the table from whatever has fin
 
 The arms' records are also collected in results/pretrain_vs_scratch.json. On a machine without the work folder,
 `--restore` first writes them back into `--work` (keeping any file already there), so that new arms are added to the
-table rather than replacing it; the restored arms have no checkpoints, so they are reported, not trained further.
+table rather than replacing it. Restored arms have no checkpoints: they are reported, and one asked for a step it
+has not evaluated trains again from step 0.
 """
 
 from __future__ import annotations
@@ -286,7 +287,7 @@ def main() -> None:
                    help="the variant's config overrides of the fine-tuning runs (e.g. optim.layer_decay=0.75)")
     p.add_argument("--report", action="store_true", help="only write the table from finished arms")
     p.add_argument("--restore", action="store_true",
-                   help="first write the arms of --results' pretrain_vs_scratch.json missing from --work back into it")
+                   help="first copy the arms saved in --results/pretrain_vs_scratch.json that --work lacks into it")
     args = p.parse_args()
     if bool(args.variant) != bool(args.set):
         p.error("--variant and --set go together")
