@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from pretrain_vs_scratch_report import _stats, _variants  # noqa: E402
+from pretrain_vs_scratch_report import _collect, _stats, _variants, arm_name, restore  # noqa: E402
 
 
 def _arm(seed: int, dose: str, fids: dict[int, float], variant: str = "", overrides: dict | None = None) -> dict:
@@ -73,8 +73,6 @@ def test_a_variant_built_on_another_is_compared_with_it_and_with_its_scratch_arm
 
 
 def test_restore_writes_the_saved_arms_back_under_their_names_and_keeps_newer_files(tmp_path):
-    from pretrain_vs_scratch_report import _collect, arm_name, restore
-
     pre = {"steps": 1000, "doses": {"1": {"knn": 0.7}}}
     arms = [_arm(0, "1", {1000: 100.0}), _arm(1, "0", {1000: 120.0}), _arm(2, "1", {1000: 90.0}, "lr1e-3")]
     saved = tmp_path / "pretrain_vs_scratch.json"
