@@ -167,6 +167,15 @@ def test_config_overrides_and_suggestions():
         get_preset("fmnist-tiny", overrides={"train.precision": "fp8"})
 
 
+def test_the_cpu_diffusion_recipe_trains_at_batch_32_over_twice_the_steps():
+    # measured: presets.CPU_RECIPES["diffusion"] (FID at equal images, benchmarks/results/batch_step_time*.md)
+    for preset, steps in (("fmnist-tiny", 4000), ("fmnist-small", 12000)):
+        dm = get_preset(preset, "diffusion")
+        assert (dm.train.global_batch, dm.train.steps, dm.optim.warmup_steps) == (32, steps, steps // 20)
+        assert get_preset(preset, "pretrain").train.global_batch == 64  # stage 1 keeps its own (stage1_recipe.md)
+    assert get_preset("fmnist-tiny", "diffusion", {"train.global_batch": "64"}).train.global_batch == 64
+
+
 def test_config_json_roundtrip():
     cfg = get_preset("epg-xl-16-in256")
     assert config_from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
