@@ -114,6 +114,18 @@ def load_or_train(cache: Path = CACHE, verbose: bool = True) -> tuple[Classifier
     return model, meta
 
 
+def judge_record(cache: Path = CACHE, results: Path = RESULTS) -> dict | None:
+    """The judge's record (settings, test accuracy) without training it: the cached one, else the one committed in
+    `results` if it is of the same SETTINGS, else None (a report then says so instead of training for minutes)."""
+    key = "-".join(f"{k}{v}" for k, v in SETTINGS.items())
+    for path in (cache / f"{key}.json", results / "fmnist_classifier.json"):
+        if path.is_file():
+            meta = json.loads(path.read_text())
+            if meta.get("settings") == SETTINGS:
+                return meta
+    return None
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     _, meta = load_or_train()

@@ -1,6 +1,7 @@
-"""The sample judge of the benchmarks (benchmarks/fmnist_classifier.py): it learns separable classes, and
-`class_accuracy` counts what it should."""
+"""The sample judge of the benchmarks (benchmarks/fmnist_classifier.py): it learns separable classes,
+`class_accuracy` counts what it should, and a report reads its record without training it."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import fmnist_classifier as fc  # noqa: E402
 from fmnist_classifier import class_accuracy, predict, train  # noqa: E402
 
 
@@ -36,3 +38,28 @@ def test_it_learns_separable_classes_and_class_accuracy_counts_matches():
     assert predict(model, xt).tolist() == yt.tolist()
     with pytest.raises(ValueError, match="as many"):
         class_accuracy(model, xt, yt[:5])
+
+
+def _never(*a, **k):
+    raise AssertionError("the judge was trained")
+
+
+def test_the_cached_record_wins_then_the_committed_one_of_the_same_settings_then_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(fc, "train", _never)
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    cache.mkdir()
+    results.mkdir()
+    assert fc.judge_record(cache, results) is None
+    (results / "fmnist_classifier.json").write_text(json.dumps({"settings": fc.SETTINGS, "test_accuracy": 0.9}))
+    assert fc.judge_record(cache, results)["test_accuracy"] == 0.9
+    key = "-".join(f"{k}{v}" for k, v in fc.SETTINGS.items())
+    (cache / f"{key}.json").write_text(json.dumps({"settings": fc.SETTINGS, "test_accuracy": 0.91}))
+    assert fc.judge_record(cache, results)["test_accuracy"] == 0.91
+    other = dict(fc.SETTINGS, epochs=fc.SETTINGS["epochs"] + 1)  # a record of another judge is not this one's
+    (cache / f"{key}.json").write_text(json.dumps({"settings": other, "test_accuracy": 0.5}))
+    (results / "fmnist_classifier.json").write_text(json.dumps({"settings": other, "test_accuracy": 0.5}))
+    assert fc.judge_record(cache, results) is None
+
+
+def test_the_repository_holds_the_record_of_the_current_judge():
+    assert fc.judge_record(Path("/nonexistent"))["settings"] == fc.SETTINGS
