@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     before = loadavg()
     per_step = measure(a.model, a.stage, a.batches, a.rounds, a.steps, a.warmup)
     med = {b: statistics.median(v) for b, v in per_step.items()}
+    equal = {b: round(a.ref_steps * med[a.ref] / med[b]) for b in a.batches}  # steps costing ref_steps at --ref
     rows = [{"batch": b, "ms_per_step": 1000 * med[b], "images_per_s": b / med[b], "time_ratio": med[b] / med[a.ref],
-             "steps_at_equal_time": round(a.ref_steps * med[a.ref] / med[b]),
-             "images_at_equal_time": round(a.ref_steps * med[a.ref] / med[b]) * b,
+             "steps_at_equal_time": equal[b], "images_at_equal_time": equal[b] * b,
              "round_seconds": [round(s, 4) for s in per_step[b]]} for b in a.batches]
     result = {"model": a.model, "stage": a.stage, "threads": a.threads or torch.get_num_threads(),
               "rounds": a.rounds, "steps": a.steps, "ref": a.ref, "ref_steps": a.ref_steps,

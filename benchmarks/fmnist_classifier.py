@@ -90,10 +90,14 @@ def train(images: torch.Tensor, labels: torch.Tensor, epochs: int, batch: int, l
     return model.eval()
 
 
+def cache_key() -> str:
+    """The cached judge's file name (without extension): one per SETTINGS."""
+    return "-".join(f"{k}{v}" for k, v in SETTINGS.items())
+
+
 def load_or_train(cache: Path = CACHE, verbose: bool = True) -> tuple[Classifier, dict]:
     """The cached classifier for SETTINGS, trained (minutes on one core) when missing."""
-    key = "-".join(f"{k}{v}" for k, v in SETTINGS.items())
-    weights, meta_path = cache / f"{key}.safetensors", cache / f"{key}.json"
+    weights, meta_path = (cache / f"{cache_key()}{ext}" for ext in (".safetensors", ".json"))
     model = Classifier(SETTINGS["width"])
     if weights.is_file() and meta_path.is_file():
         model.load_state_dict(load_file(str(weights)))
@@ -117,8 +121,7 @@ def load_or_train(cache: Path = CACHE, verbose: bool = True) -> tuple[Classifier
 def judge_record(cache: Path = CACHE, results: Path = RESULTS) -> dict | None:
     """The judge's record (settings, test accuracy) without training it: the cached one, else the one committed in
     `results` if it is of the same SETTINGS, else None (a report then says so instead of training for minutes)."""
-    key = "-".join(f"{k}{v}" for k, v in SETTINGS.items())
-    for path in (cache / f"{key}.json", results / "fmnist_classifier.json"):
+    for path in (cache / f"{cache_key()}.json", results / "fmnist_classifier.json"):
         if path.is_file():
             meta = json.loads(path.read_text())
             if meta.get("settings") == SETTINGS:

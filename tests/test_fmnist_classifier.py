@@ -52,11 +52,10 @@ def test_the_cached_record_wins_then_the_committed_one_of_the_same_settings_then
     assert fc.judge_record(cache, results) is None
     (results / "fmnist_classifier.json").write_text(json.dumps({"settings": fc.SETTINGS, "test_accuracy": 0.9}))
     assert fc.judge_record(cache, results)["test_accuracy"] == 0.9
-    key = "-".join(f"{k}{v}" for k, v in fc.SETTINGS.items())
-    (cache / f"{key}.json").write_text(json.dumps({"settings": fc.SETTINGS, "test_accuracy": 0.91}))
+    (cache / f"{fc.cache_key()}.json").write_text(json.dumps({"settings": fc.SETTINGS, "test_accuracy": 0.91}))
     assert fc.judge_record(cache, results)["test_accuracy"] == 0.91
     other = dict(fc.SETTINGS, epochs=fc.SETTINGS["epochs"] + 1)  # a record of another judge is not this one's
-    (cache / f"{key}.json").write_text(json.dumps({"settings": other, "test_accuracy": 0.5}))
+    (cache / f"{fc.cache_key()}.json").write_text(json.dumps({"settings": other, "test_accuracy": 0.5}))
     (results / "fmnist_classifier.json").write_text(json.dumps({"settings": other, "test_accuracy": 0.5}))
     assert fc.judge_record(cache, results) is None
 
