@@ -5,6 +5,12 @@ probe every `--every` steps (5 000 / 1 000 images, raw-pixel baseline beside it)
 probe and the loss terms from the run's log. A finished run is only re-read.
 
     python benchmarks/stage1_curve.py                       # runs/stage1_long_v2, ≈ 1 h on one busy thread
+    python benchmarks/stage1_curve.py --steps 4000 --every 1000   # runs/stage1_long_4000: the images of the
+                                                                  # 4 000-step supervised ceiling, ≈ 2 h
+
+A run of the default length writes results/stage1_curve.{md,json}; another length runs in runs/stage1_long_<steps>
+(its cosine schedule is for that length, so a run of another length is never resumed) and writes
+results/stage1_curve_<steps>.*.
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=2 * DEMO_STEPS)
     p.add_argument("--every", type=int, default=DEMO_STEPS // 2)
-    p.add_argument("--run-dir", type=Path, default=Path("runs/stage1_long_v2"))
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="default: runs/stage1_long_v2 at the default length, else runs/stage1_long_<steps>")
     p.add_argument("--results", type=Path, default=Path(os.path.relpath(Path(__file__).parent / "results")))
     a = p.parse_args()
+    default_length = a.steps == 2 * DEMO_STEPS
+    if a.run_dir is None:
+        a.run_dir = Path("runs/stage1_long_v2" if default_length else f"runs/stage1_long_{a.steps}")
     cfg = get_preset("fmnist-tiny", "pretrain", {"train.steps": a.steps, "train.knn_every": a.every})
     log = a.run_dir / "log.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -47,8 +57,9 @@ def main() -> None:
               f"for a {a.steps}-step run, so the learning rate has decayed to 0 at the end. The demo pre-trains "
               f"{DEMO_STEPS} steps. Rerun: `python benchmarks/stage1_curve.py --steps {a.steps} --every {a.every}`."]
     text = "\n".join(lines) + "\n"
-    (a.results / "stage1_curve.md").write_text(text)
-    (a.results / "stage1_curve.json").write_text(json.dumps({"steps": a.steps, "probes": probes}, indent=1) + "\n")
+    name = "stage1_curve" if default_length else f"stage1_curve_{a.steps}"
+    (a.results / f"{name}.md").write_text(text)
+    (a.results / f"{name}.json").write_text(json.dumps({"steps": a.steps, "probes": probes}, indent=1) + "\n")
     print(text)
 
 
