@@ -277,6 +277,10 @@ READ_WITH = [
     "- One stage-1 run (seed 0) serves every seed: the seed ranges are those of fine-tuning (its data order, "
     "noise and initial decoder), not of pre-training. The dose-0 encoder of the k-NN column is a random init "
     "(torch seed 0), not the very one the scratch runs start from (those are drawn by each run's seed).",
+    "- Except: the seed-1 arms of doses 0.25 and 0.5 (session 18) were fine-tuned from a rerun of that stage-1 "
+    "run (same seed, recipe and thread count) on a fresh machine whose float reductions differ: its encoders "
+    "probe 0.740 and 0.744 against 0.741 and 0.747 in the table (and the same random init 0.621 against 0.622, "
+    "so the probe's own arithmetic differs there too). The k-NN column is the original run's.",
     "- The 1 000-step evaluation is step 1 000 of a 2 000-step schedule (warm-up, cosine decay and EMA as the "
     "demo's 2 000-step fine-tuning), not the end of a 1 000-step run.",
     "- FID on 1 000 samples against 1 000 test images is biased upwards (issue #15 quotes ≈ 23 for real vs real "
